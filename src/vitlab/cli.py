@@ -1,0 +1,262 @@
+"""The ``vitlab`` command.
+
+Every user mistake (bad recipe key, missing file, unknown model) prints one ``error:`` line and exits with 2; a run
+that fails (non-finite loss) exits with 1. Runs under ``torchrun`` the same way as under plain python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import timm
+
+    from vitlab.models import list_vitlab_models
+    from vitlab.models.profile import model_info
+
+    if args.all:
+        for name in timm.list_models(args.pattern or "*"):
+            print(name)
+        return 0
+    names = list_vitlab_models(args.pattern or "*")
+    if not names:
+        print(f"no vitlab model matches {args.pattern!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    rows = []
+    for name in names:
+        info = model_info(name, flops=args.flops)
+        rows.append(info)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'model':<28}{'params':>14}{'input':>18}" + (f"{'GFLOPs':>10}" if args.flops else "")
+    print(header)
+    for r in rows:
+        line = f"{r['model']:<28}{r['params']:>14,}{'x'.join(map(str, r['input_size'])):>18}"
+        if args.flops:
+            line += f"{r['flops'] / 1e9:>10.3f}"
+        print(line)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from vitlab.models.profile import model_info
+
+    info = model_info(args.model, img_size=args.img_size, frames=args.frames, flops=not args.no_flops)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"model       {info['model']}")
+    print(f"params      {info['params']:,} ({info['params'] / 1e6:.3f} M)")
+    print(f"input       {tuple(info['input_size'])}")
+    if "flops" in info:
+        print(f"FLOPs       {info['flops']:,} ({info['flops'] / 1e9:.4f} G, fvcore: 1 multiply-add = 1 FLOP)")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vitlab.config import load_config
+    from vitlab.engine.trainer import train
+
+    cfg = load_config(args.config, args.set)
+    metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vitlab.config import apply_overrides, load_config
+    from vitlab.data import build_dataset
+    from vitlab.engine.checkpoint import load_method
+
+    method, _ = load_method(args.ckpt)
+    cfg = method.cfg
+    if args.config is not None:
+        cfg.data = load_config(args.config, args.set).data
+    elif args.set:
+        cfg = apply_overrides(cfg, args.set)
+    loaders = {"test": DataLoader(build_dataset(cfg.data, args.split, train=False),
+                                  batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)}
+    with torch.no_grad():
+        metrics = method.evaluate(loaders, None)
+    if args.confusion:
+        from vitlab.evaluation.classification import evaluate_classifier
+
+        cm = evaluate_classifier(method.eval_model(), loaders["test"], None, method.data.num_classes,
+                                 return_confusion=True)["confusion"]
+        metrics["confusion"] = cm.tolist()
+    printable = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+    print(json.dumps(printable))
+    if args.out:
+        Path(args.out).write_text(json.dumps(printable, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vitlab.config import ConfigError
+
+    if args.format == "safetensors":
+        from vitlab.engine.export import export_safetensors
+
+        out = export_safetensors(args.ckpt, args.out)
+        print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
+        return 0
+    handler = _EXPORTERS.get(args.format)
+    if handler is None:
+        raise ConfigError(f"--format: {args.format!r} is not available (available: safetensors"
+                          f"{', ' + ', '.join(sorted(_EXPORTERS)) if _EXPORTERS else ''})")
+    return handler(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from vitlab.demo import run_demo
+
+    report = run_demo(Path(args.out), quick=args.quick, sections=args.only)
+    print(f"wrote {report}")
+    return 0
+
+
+# Sub-commands contributed by method packages: name -> (add_arguments, run, help).
+_EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]]
+_EXTRA_COMMANDS = {}
+_EXPORTERS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _register_extra_commands() -> None:
+    """Commands that live with their method (attack, quantize, analyze); each is optional until its package exists."""
+    import importlib
+
+    for name, module_name, help_text in (
+        ("attack", "vitlab.attacks.command", "robust accuracy of a checkpoint under PGD / APGD / AutoAttack"),
+        ("quantize", "vitlab.quant.command", "data-free quantization: clusterq | gdfq | zeroq"),
+        ("analyze", "vitlab.analysis.command", "frequency analysis and overlays of a trained model"),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and exc.name.startswith("vitlab"):
+                continue
+            raise
+        _EXTRA_COMMANDS[name] = (module.add_arguments, module.run, help_text)
+        exporters = getattr(module, "EXPORT_FORMATS", {})
+        _EXPORTERS.update(exporters)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitlab", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list registered vitlab models with params (and FLOPs)")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style pattern, e.g. 'iformer*'")
+    p.add_argument("--flops", action="store_true", help="also count fvcore FLOPs (builds and traces each model)")
+    p.add_argument("--all", action="store_true", help="list every timm model name instead")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("info", help="params and FLOPs of one model (fvcore convention, explicit attention)")
+    p.add_argument("model")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--frames", type=int, default=None, help="clip length T for video models")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP trace")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train", help="train any method from a recipe (plain python or torchrun)")
+    p.add_argument("-c", "--config", required=True, help="recipe YAML, e.g. recipes/supervised/resnet18_digits.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
+    p.add_argument("--resume", nargs="?", const="last", default=None,
+                   help="continue from the run folder's last.ckpt (or the given checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="start again even if the run folder has checkpoints")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="the metrics of a checkpoint's task")
+    p.add_argument("-c", "--config", default=None, help="recipe whose data section to evaluate on (default: the run's)")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--split", default="test")
+    p.add_argument("--confusion", action="store_true", help="also print the confusion matrix")
+    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="export a checkpoint's model")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--format", default="safetensors")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/export)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("demo", help="the tour of every method on bundled data, with a report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a shorter tour (used by the tests)")
+    p.add_argument("--only", action="append", default=None, help="run only these sections")
+    p.set_defaults(func=_cmd_demo)
+
+    _register_extra_commands()
+    for name, (add_arguments, run, help_text) in _EXTRA_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from vitlab.config import ConfigError
+    from vitlab.engine.checkpoint import CheckpointError
+
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, FileNotFoundError]
+    try:
+        from vitlab.data import DataError
+
+        errors.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    user_errors = _user_errors()
+    from vitlab.engine.trainer import NonFiniteLossError
+
+    try:
+        return int(args.func(args) or 0)
+    except user_errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as exc:
+        # vitlab raises ValueError for bad input, with a message naming the setting; VITLAB_DEBUG=1 shows the trace
+        if os.environ.get("VITLAB_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def entry(argv: Any = None) -> None:
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,317 @@
+"""Typed run configuration: dataclass schemas, YAML recipes and dotted ``--set`` overrides.
+
+A recipe is a YAML file whose keys mirror :class:`RunConfig`. The ``method`` section is typed by the
+method named in ``method.name``: every method registers a dataclass that extends :class:`MethodConfig`
+with its own hyper-parameters, so ``--set method.beta=6`` is checked against that method's schema.
+
+Every problem (unknown key, wrong type, impossible value) raises :class:`ConfigError` with one line that
+names the key and what is allowed; the command line turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message is one line naming the key."""
+
+
+@dataclass
+class AugConfig:
+    """Training-time augmentation, applied by the data pipeline (per image) and the method (per batch)."""
+
+    rand_augment: str | None = None  # timm RandAugment string, e.g. "rand-m9-mstd0.5-inc1"; None = off
+    hflip: float = 0.0  # horizontal flip probability (0 for digits and glyphs: flips change the class)
+    random_crop_padding: int = 0  # pad-and-crop translation, in pixels (4 is the CIFAR standard)
+    random_erasing: float = 0.0  # timm RandomErasing probability
+    mixup: float = 0.0  # mixup alpha (0 = off); applied per batch by the method
+    cutmix: float = 0.0  # cutmix alpha (0 = off)
+    mixup_prob: float = 1.0  # probability to apply mixup or cutmix to a batch
+    mixup_switch_prob: float = 0.5  # probability to use cutmix instead of mixup when both are on
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where, and how it is loaded. Images come out in [0, 1]; normalisation lives in the model."""
+
+    name: str = "digits"  # digits | glyphs | glyphs_fewshot | image_folder | cifar10 | cifar100
+    root: str | None = None  # folder of a user data set (image_folder, cifar*); unused for bundled sets
+    img_size: int = 32  # side of the (square) images given to the model
+    channels: int = 3  # 1 or 3
+    train_per_class: int | None = None  # keep only this many training images per class (low-data regime)
+    batch_size: int = 128  # per process; the global batch is batch_size * world size
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    aug: AugConfig = field(default_factory=AugConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Any timm model, vitlab models included (they register into timm on ``import vitlab``)."""
+
+    name: str = "resnet18"
+    num_classes: int | None = None  # None: taken from the data set
+    in_chans: int | None = None  # None: taken from data.channels
+    drop_path_rate: float = 0.0
+    drop_rate: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for timm.create_model
+    normalize: bool = True  # wrap the model so it takes [0, 1] inputs and normalises them with the data's stats
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # peak learning rate (after warm-up), for the global batch
+    min_lr: float = 0.0  # final learning rate of the cosine schedule
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine weight-decay schedule end value (DINO); None = constant
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"  # cosine | constant | step
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 0.0  # learning rate at the start of the warm-up
+    step_milestones: list[float] = field(default_factory=list)  # epochs at which the lr is multiplied by step_gamma
+    step_gamma: float = 0.1
+    clip_grad: float | None = None  # max global gradient norm; None = no clipping
+    decay_pos_embed: bool = False  # decay position embeddings even if the model lists them in no_weight_decay()
+    accum_steps: int = 1  # gradient accumulation: optimizer step every accum_steps batches
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = False
+    decay: float = 0.9998
+    evaluate: bool = True  # evaluate (and keep best.ckpt by) the EMA weights instead of the raw ones
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0  # base seed; process r uses seed + r
+    accelerator: str = "auto"  # auto | cpu | cuda
+    devices: str = "auto"  # "auto", a count ("2") or a list ("0,1")
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    log_every: int = 20  # steps between log lines
+    eval_every: int = 1  # epochs between evaluations
+    ckpt_every_steps: int = 0  # also write last.ckpt every N steps (0: only at epoch ends)
+    max_steps: int | None = None  # stop after this many optimizer steps (for smoke tests)
+    progress: bool = True  # progress bar when attached to a terminal
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's hyper-parameters. Methods subclass it; ``name`` selects the method."""
+
+    name: str = "supervised"
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; written as ``config.yaml`` into the run folder and into every checkpoint."""
+
+    name: str = "run"
+    out_dir: str = "runs"  # the run folder is out_dir/name
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method_config(name: str, config_cls: type[MethodConfig]) -> None:
+    """Make ``method.name: <name>`` select ``config_cls`` as the schema of the ``method`` section."""
+    _METHOD_CONFIGS[name] = config_cls
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    # Importing the methods package registers every built-in method.
+    import vitlab.methods  # noqa: F401
+
+    if name not in _METHOD_CONFIGS:
+        raise ConfigError(f"method.name: unknown method {name!r} (allowed: {', '.join(sorted(_METHOD_CONFIGS))})")
+    return _METHOD_CONFIGS[name]
+
+
+def _allowed_keys(node: Any) -> str:
+    if dataclasses.is_dataclass(node):
+        return ", ".join(f.name for f in dataclasses.fields(node))
+    return ""
+
+
+def _schema_at(path: list[str], schema: Any) -> Any:
+    node = schema
+    for part in path:
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            return None
+        node = getattr(node, part)
+    return node
+
+
+def _check_keys(raw: Any, schema: Any, prefix: str) -> None:
+    """Reject keys the schema does not have, naming the full key and the allowed ones."""
+    if not isinstance(raw, dict) or not dataclasses.is_dataclass(schema):
+        return
+    names = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{full}: unknown key (allowed in {prefix.rstrip('.') or 'the recipe'}: "
+                              f"{_allowed_keys(schema)})")
+        sub = getattr(schema, key)
+        if dataclasses.is_dataclass(sub):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a section with keys {_allowed_keys(sub)}, got {value!r}")
+            _check_keys(value, sub, full + ".")
+
+
+def _parse_overrides(overrides: list[str]) -> list[str]:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example optim.lr=0.001")
+    return list(overrides)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a recipe (or the defaults when ``path`` is None), apply ``--set`` overrides, validate, return it.
+
+    Raises :class:`ConfigError` naming the key for unknown keys, wrong types and impossible values.
+    """
+    raw: DictConfig = OmegaConf.create({})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path}: file not found (recipes live under recipes/<method>/*.yaml)")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml errors carry their own line numbers
+            raise ConfigError(f"recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"recipe {path}: expected a mapping of sections (data, model, method, optim, ...)")
+        raw = loaded
+    try:
+        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(_parse_overrides(overrides or [])))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"--set: {str(exc).splitlines()[0]}") from None
+    plain = OmegaConf.to_container(raw, resolve=False)
+    assert isinstance(plain, dict)
+    method_section = plain.get("method") or {}
+    if not isinstance(method_section, dict):
+        raise ConfigError("method: expected a section with at least a name, e.g. method: {name: supervised}")
+    method_name = str(method_section.get("name", "supervised"))
+    method_cls = method_config_class(method_name)
+    schema = RunConfig(method=method_cls(name=method_name))
+    _check_keys(plain, schema, "")
+
+    structured = OmegaConf.structured(schema)
+    try:
+        merged = OmegaConf.merge(structured, raw)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}") from None
+    assert isinstance(cfg, RunConfig)
+    validate(cfg)
+    return cfg
+
+
+def _require(cond: bool, key: str, allowed: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check values that types alone cannot (ranges, choices)."""
+    d, o, t = cfg.data, cfg.optim, cfg.train
+    _require(d.channels in (1, 3), "data.channels", "1 or 3", d.channels)
+    _require(d.img_size >= 8, "data.img_size", "an integer >= 8", d.img_size)
+    _require(d.batch_size >= 1, "data.batch_size", "an integer >= 1", d.batch_size)
+    _require(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
+    _require(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
+    _require(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or >= 1",
+             d.train_per_class)
+    for key in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):
+        v = getattr(d.aug, key)
+        _require(0.0 <= v <= 1.0, f"data.aug.{key}", "a probability in [0, 1]", v)
+    _require(d.aug.mixup >= 0 and d.aug.cutmix >= 0, "data.aug.mixup", "alphas >= 0", (d.aug.mixup, d.aug.cutmix))
+    _require(o.name in ("adamw", "sgd"), "optim.name", "adamw or sgd", o.name)
+    _require(o.lr > 0, "optim.lr", "a learning rate > 0", o.lr)
+    _require(o.min_lr >= 0, "optim.min_lr", "a value >= 0", o.min_lr)
+    _require(o.weight_decay >= 0, "optim.weight_decay", "a value >= 0", o.weight_decay)
+    _require(o.schedule in ("cosine", "constant", "step"), "optim.schedule", "cosine, constant or step", o.schedule)
+    _require(o.warmup_epochs >= 0, "optim.warmup_epochs", "a value >= 0", o.warmup_epochs)
+    _require(o.accum_steps >= 1, "optim.accum_steps", "an integer >= 1", o.accum_steps)
+    _require(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", "null or a norm > 0", o.clip_grad)
+    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two values in [0, 1)", o.betas)
+    _require(0.0 < cfg.ema.decay < 1.0, "ema.decay", "a value in (0, 1)", cfg.ema.decay)
+    _require(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
+    _require(t.log_every >= 1, "train.log_every", "an integer >= 1", t.log_every)
+    _require(t.eval_every >= 1, "train.eval_every", "an integer >= 1", t.eval_every)
+    _require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
+    _require(t.precision in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "train.precision",
+             "32-true, bf16-mixed or 16-mixed", t.precision)
+    _require(t.accelerator in ("auto", "cpu", "cuda", "gpu", "mps"), "train.accelerator", "auto, cpu or cuda",
+             t.accelerator)
+    _require(t.strategy in ("auto", "ddp", "fsdp", "single_device"), "train.strategy", "auto, ddp or fsdp",
+             t.strategy)
+    if not cfg.name or "/" in cfg.name:
+        raise ConfigError(f"name: got {cfg.name!r}, expected a non-empty run name without '/'")
+    check = getattr(cfg.method, "validate", None)
+    if callable(check):
+        check()
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of ``cfg`` with dotted ``KEY=VALUE`` overrides applied and validated."""
+    base = OmegaConf.create(to_container(cfg))
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(_parse_overrides(overrides)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"--set: {str(exc).splitlines()[0]}") from None
+    data = OmegaConf.to_container(merged)
+    assert isinstance(data, dict)
+    out = from_container(data)  # type: ignore[arg-type]
+    validate(out)
+    return out
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_container(cfg: RunConfig) -> dict[str, Any]:
+    """The config as plain dicts, lists and scalars (safe inside a ``weights_only`` checkpoint)."""
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
+def from_container(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a validated :class:`RunConfig` from :func:`to_container`'s output (e.g. from a checkpoint)."""
+    method_name = str((data.get("method") or {}).get("name", "supervised"))
+    schema = RunConfig(method=method_config_class(method_name)(name=method_name))
+    _check_keys(data, schema, "")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{getattr(exc, 'full_key', None) or 'config'}: {str(exc).splitlines()[0]}") from None
+    assert isinstance(cfg, RunConfig)
+    return cfg

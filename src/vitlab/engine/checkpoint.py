@@ -1,0 +1,115 @@
+"""Checkpoints: plain tensors and types only, written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict::
+
+    {"format": "vitlab-ckpt", "version": 1, "config": <RunConfig as plain dicts>, "method": <method state dict>,
+     "optimizers": {name: state dict}, "ema": <EMA state dict> | None, "step": int, "epoch": int,
+     "batch_in_epoch": int, "rng": {...}, "metrics": {name: float}, "best": float | None}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.config import RunConfig, from_container
+
+CKPT_FORMAT = "vitlab-ckpt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not a vitlab checkpoint; the message names the file."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` to a temporary file in the same folder, flush it to disk, then rename it over ``path``.
+
+    An exception (or a kill) during the write leaves any previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a vitlab checkpoint with ``weights_only=True``; a missing or foreign file is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found (a run writes runs/<name>/last.ckpt and best.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot be read as a weights-only torch file "
+                              f"({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"checkpoint {path}: not a vitlab checkpoint (expected a dict with format "
+                              f"{CKPT_FORMAT!r}; for a bare state dict use `--model NAME --weights PATH`)")
+    return ckpt
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """The resolved configuration stored inside a checkpoint."""
+    return from_container(load_checkpoint(path)["config"])
+
+
+def load_method(path: str | Path, use_ema: bool | None = None) -> tuple[Any, dict[str, Any]]:
+    """Rebuild the method of a checkpoint with its trained weights (EMA weights when the run evaluated them).
+
+    Returns ``(method, checkpoint)``; the method is in eval mode on the CPU.
+    """
+    from vitlab.methods.base import DataInfo, build_method
+
+    ckpt = load_checkpoint(path)
+    cfg = from_container(ckpt["config"])
+    info = DataInfo(**ckpt["data_info"])
+    method = build_method(cfg, info)
+    missing, unexpected = method.load_state_dict(ckpt["method"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path}: does not match its own config (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    if use_ema is None:
+        use_ema = cfg.ema.enabled and cfg.ema.evaluate
+    if use_ema and ckpt.get("ema") is not None:
+        method.eval_model().load_state_dict(_strip_prefix(ckpt["ema"], "module."))
+    return method.eval(), ckpt
+
+
+def load_eval_model(path: str | Path, use_ema: bool | None = None) -> nn.Module:
+    """The trained model of a checkpoint (what ``vitlab eval``, attacks and export use), in eval mode."""
+    method, _ = load_method(path, use_ema)
+    return method.eval_model().eval()
+
+
+def _strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}

@@ -1,0 +1,1 @@
+"""Evaluation: accuracy, robust accuracy, k-NN, linear probe, episodes, GZSL."""

@@ -1,0 +1,7 @@
+"""Training methods. Importing this package registers every built-in method (``method.name`` in a recipe)."""
+
+from vitlab.methods.base import METHODS, DataInfo, Method, Progress, StepHelper, build_method, register_method
+from vitlab.methods.supervised import Supervised
+
+__all__ = ["METHODS", "DataInfo", "Method", "Progress", "StepHelper", "Supervised", "build_method",
+           "register_method"]

@@ -1,0 +1,188 @@
+"""The method contract.
+
+A method is an ``nn.Module`` that owns its models (student, teachers, generators, frozen copies) and turns a batch
+into a dict of scalars with a ``loss``. The engine runs it:
+
+* **automatic optimisation** (the default): the engine calls ``method(batch, progress)``, back-propagates
+  ``out["loss"]``, clips, steps the optimizer built from :meth:`Method.param_groups`, then calls
+  :meth:`Method.on_optimizer_step` (EMA teachers, momentum updates).
+* **manual optimisation** (``automatic_optimization = False``, as Lightning's manual mode): the engine calls
+  :meth:`Method.training_step` with a :class:`StepHelper`; the method back-propagates and steps its own optimizers,
+  declared by :meth:`Method.configure_optimizers`, through the helper (so precision and DDP stay the engine's job).
+
+Schedules (learning rate, weight decay, and any the method declares in :meth:`Method.schedules`) are arrays computed
+by the engine before training and handed in per step through :class:`Progress`; a method keeps no schedule state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from vitlab.config import MethodConfig, RunConfig, register_method_config
+
+
+@dataclass
+class DataInfo:
+    """What a method needs to know about its data to build its models."""
+
+    num_classes: int
+    channels: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """Where training is, and this step's scheduled values (``lr``, ``weight_decay`` and the method's own)."""
+
+    step: int  # optimizer steps done so far
+    epoch: int
+    total_steps: int
+    steps_per_epoch: int
+    values: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> float:
+        return self.values[key]
+
+
+class StepHelper(Protocol):
+    """What the engine lends a manual-optimisation method: precision- and DDP-aware backward and step."""
+
+    def backward(self, loss: Tensor, model: nn.Module | None = None) -> None: ...
+
+    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[Tensor] | None = None) -> None: ...
+
+    def set_lr(self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None: ...
+
+
+class Method(nn.Module):
+    """Base class of every training method; subclasses are registered with :func:`register_method`."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    automatic_optimization: ClassVar[bool] = True
+    #: the metric ``best.ckpt`` is chosen by, and whether larger is better
+    monitor: ClassVar[tuple[str, bool]] = ("top1", True)
+
+    def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.data = data
+
+    # ---- data -----------------------------------------------------------------------------------------------------
+    @classmethod
+    def build_datasets(cls, cfg: RunConfig) -> dict[str, Dataset]:
+        """``{"train": ..., "test": ...}``; the train set carries ``num_classes``, ``mean``, ``std``."""
+        from vitlab.data import build_dataset
+
+        return {"train": build_dataset(cfg.data, "train", train=True),
+                "test": build_dataset(cfg.data, "test", train=False)}
+
+    def collate(self) -> Callable[[list[Any]], Any] | None:
+        """A custom collate function for the training loader, or None for the default."""
+        return None
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch, progress)")
+
+    def training_step(self, batch: dict[str, Tensor], progress: Progress, helper: StepHelper) -> dict[str, Tensor]:
+        """Manual optimisation: back-propagate and step through ``helper``; return the scalars to log."""
+        raise NotImplementedError(f"{type(self).__name__} sets automatic_optimization=False but has no training_step")
+
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        """Per-step arrays of the method's own scheduled values (e.g. teacher momentum), length ``total_steps``."""
+        return {}
+
+    def on_optimizer_step(self, progress: Progress) -> None:
+        """Called after every optimizer step (EMA teachers, momentum encoders, centroid updates)."""
+
+    def trainable_model(self) -> nn.Module:
+        """The module whose parameters the default optimizer trains."""
+        return self.eval_model()
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the default optimizer: no weight decay on 1-D parameters and ``no_weight_decay()``."""
+        return param_groups_weight_decay(self.trainable_model(), self.cfg.optim.weight_decay,
+                                         decay_pos_embed=self.cfg.optim.decay_pos_embed)
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Manual optimisation only: the method's own optimizers, by name."""
+        return {}
+
+    # ---- evaluation and export ----------------------------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        """The model that evaluation, attacks and export use (an :class:`~vitlab.models.ImageClassifier`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement eval_model()")
+
+    def evaluate(self, loaders: Mapping[str, Any], fabric: Any, model: nn.Module | None = None) -> dict[str, float]:
+        """The metrics of the method's task; by default top-1/top-5 accuracy of ``eval_model()`` on ``test``."""
+        from vitlab.evaluation.classification import evaluate_classifier
+
+        return evaluate_classifier(model if model is not None else self.eval_model(), loaders["test"], fabric,
+                                   self.data.num_classes)
+
+
+def param_groups_weight_decay(model: nn.Module, weight_decay: float, decay_pos_embed: bool = False
+                              ) -> list[dict[str, Any]]:
+    """Two groups: decayed weights, and 1-D parameters / the model's ``no_weight_decay()`` names without decay."""
+    skip: set[str] = set()
+    inner = model
+    while True:
+        fn = getattr(inner, "no_weight_decay", None)
+        if callable(fn):
+            prefix = _prefix_of(model, inner)
+            skip = {prefix + n for n in fn()}
+            break
+        nxt = getattr(inner, "model", None)
+        if not isinstance(nxt, nn.Module):
+            break
+        inner = nxt
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        in_skip = name in skip or any(name.startswith(s + ".") for s in skip)
+        if decay_pos_embed and "pos_embed" in name:
+            in_skip = False
+        (no_decay if p.ndim <= 1 or in_skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0, "apply_wd": True},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0, "apply_wd": False}]
+    return [g for g in groups if g["params"]]
+
+
+def _prefix_of(root: nn.Module, sub: nn.Module) -> str:
+    for name, module in root.named_modules():
+        if module is sub:
+            return name + "." if name else ""
+    return ""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: ``@register_method("score")`` makes ``method.name: score`` select the class and its config."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS[name] = cls
+        register_method_config(name, cls.config_class)
+        return cls
+
+    return wrap
+
+
+def build_method(cfg: RunConfig, data: DataInfo) -> Method:
+    import vitlab.methods  # noqa: F401  (registers the built-in methods)
+
+    return METHODS[cfg.method.name](cfg, data)

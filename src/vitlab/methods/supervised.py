@@ -1,0 +1,105 @@
+"""Supervised classification: cross-entropy with label smoothing, mixup/cutmix, optional distillation.
+
+Distillation follows DeiT (Touvron et al., 2021, "Training data-efficient image transformers"): ``soft`` is
+KL(student/τ ‖ teacher/τ)·τ² and ``hard`` is cross-entropy to the teacher's argmax, mixed with the label loss as
+``(1 - alpha)·CE + alpha·distill``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.methods.base import DataInfo, Method, Progress, register_method
+from vitlab.models.classifier import build_classifier
+
+
+@dataclass
+class SupervisedConfig(MethodConfig):
+    name: str = "supervised"
+    label_smoothing: float = 0.0
+    teacher_ckpt: str | None = None  # a vitlab checkpoint to distil from (its eval model is the teacher)
+    distill_type: str = "soft"  # soft | hard
+    distill_alpha: float = 0.5  # weight of the distillation term
+    distill_tau: float = 1.0  # temperature of soft distillation
+
+    def validate(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
+        if self.distill_type not in ("soft", "hard"):
+            raise ConfigError(f"method.distill_type: got {self.distill_type!r}, expected soft or hard")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError(f"method.distill_alpha: got {self.distill_alpha}, expected a value in [0, 1]")
+        if self.distill_tau <= 0:
+            raise ConfigError(f"method.distill_tau: got {self.distill_tau}, expected a temperature > 0")
+
+
+def soft_target_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of -sum_k target_k log softmax(logits)_k. logits, target: (B, K)."""
+    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, kind: str, tau: float) -> Tensor:
+    """DeiT distillation term. student, teacher: (B, K) logits."""
+    if kind == "hard":
+        return F.cross_entropy(student, teacher.argmax(dim=-1))
+    return F.kl_div(F.log_softmax(student / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1),
+                    reduction="batchmean", log_target=True) * tau * tau
+
+
+@register_method("supervised")
+class Supervised(Method):
+    config_class = SupervisedConfig
+
+    def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
+        super().__init__(cfg, data)
+        mcfg = cfg.method
+        assert isinstance(mcfg, SupervisedConfig)
+        self.mcfg = mcfg
+        self.model = build_classifier(cfg.model, data.num_classes, data.channels, data.img_size, data.mean, data.std)
+        from vitlab.data import build_mixup
+
+        self.mixup = build_mixup(cfg.data.aug, data.num_classes, mcfg.label_smoothing)
+        self.teacher: nn.Module | None = None
+        if mcfg.teacher_ckpt:
+            from vitlab.engine.checkpoint import load_eval_model
+
+            teacher = load_eval_model(mcfg.teacher_ckpt)
+            teacher.requires_grad_(False).eval()
+            self.teacher = teacher
+
+    def train(self, mode: bool = True) -> Supervised:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher is frozen: BN statistics and dropout stay in eval mode
+        return self
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def forward(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
+        x = batch["image"] if "image" in batch else batch["video"]
+        y = batch["label"]
+        if self.mixup is not None and self.training:
+            x, target = self.mixup(x, y)
+            logits = self.model(x)
+            ce = soft_target_cross_entropy(logits, target)
+        else:
+            logits = self.model(x)
+            ce = F.cross_entropy(logits, y, label_smoothing=self.mcfg.label_smoothing)
+        out = {"ce": ce.detach()}
+        loss = ce
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            kd = distillation_loss(logits, teacher_logits, self.mcfg.distill_type, self.mcfg.distill_tau)
+            loss = (1 - self.mcfg.distill_alpha) * ce + self.mcfg.distill_alpha * kd
+            out["distill"] = kd.detach()
+        with torch.no_grad():
+            out["acc"] = (logits.argmax(-1) == y).float().mean() if self.mixup is None else torch.zeros(())
+        out["loss"] = loss
+        return out

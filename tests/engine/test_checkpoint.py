@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitlab.engine.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
+from vitlab.engine.seeding import capture_rng_state, restore_rng_state
+
+
+def test_atomic_save_keeps_previous_file_on_error(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"format": "vitlab-ckpt", "step": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):  # noqa: D105
+            raise RuntimeError("boom in the middle of the write")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"format": "vitlab-ckpt", "step": 2, "payload": torch.zeros(1000), "bad": Unpicklable()},
+                          path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="nope.ckpt: file not found"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="garbage.ckpt"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "state_dict.pt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a vitlab checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    import argparse
+
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"format": "vitlab-ckpt", "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_checkpoint(path)
+
+
+def test_rng_state_round_trip_through_weights_only(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    state = capture_rng_state()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    atomic_torch_save({"format": "vitlab-ckpt", "rng": state}, tmp_path / "r.ckpt")
+    restore_rng_state(load_checkpoint(tmp_path / "r.ckpt")["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
