@@ -45,7 +45,8 @@ class RunLogger:
             rows = list(csv.reader(f))
         if not rows:
             return
-        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(self.FIELDS) and r[0].isdigit() and int(r[0]) <= step
+                            and _is_number(r[4])]
         with open(self.csv_path, "w", newline="") as f:
             csv.writer(f).writerows(keep)
 
@@ -73,6 +74,14 @@ class RunLogger:
         self._log_file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -54,11 +54,11 @@ def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
     saved = [m.fused_attn for m in flagged]
     try:
         for m in flagged:
-            m.fused_attn = False
+            setattr(m, "fused_attn", False)  # noqa: B010 (nn.Module attribute typing)
         yield model
     finally:
         for m, flag in zip(flagged, saved):
-            m.fused_attn = flag
+            setattr(m, "fused_attn", flag)  # noqa: B010
 
 
 class _Features(nn.Module):
@@ -67,7 +67,8 @@ class _Features(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model.forward_features(x)
+        forward_features = getattr(self.model, "forward_features")  # noqa: B009 (nn.Module attribute typing)
+        return forward_features(x)
 
 
 def count_view_flops(model: nn.Module, view_size: tuple[int, ...], backbone_only: bool = False) -> int:

@@ -2,6 +2,7 @@
 
 from vitlab.methods.base import METHODS, DataInfo, Method, Progress, StepHelper, build_method, register_method
 from vitlab.methods.supervised import Supervised
+from vitlab.methods.adversarial import PGDAT, SCORE, TRADES  # noqa: E402,F401
 
 __all__ = ["METHODS", "DataInfo", "Method", "Progress", "StepHelper", "Supervised", "build_method",
            "register_method"]

@@ -1,0 +1,808 @@
+"""iFormer: "Inception Transformer" (Si et al., NeurIPS 2022, arXiv 2205.12956).
+
+A 4-stage hierarchical vision transformer whose token mixer (the Inception mixer, paper Sec. 3.2) splits the channels
+of every block into a high-frequency path (a max-pool branch and a depthwise-conv branch) and a low-frequency path
+(self-attention, on 2x2 average-pooled tokens in stages 1-2), then fuses them with a residual depthwise conv and a
+1x1 projection. A frequency ramp (paper Sec. 3.3) moves channels from the high to the low path as depth grows; it is
+stored here as an explicit per-block list of attention heads, exactly as in the released models.
+
+Faithful to the official implementation (sail-sg/iFormer, models/inception_transformer.py): parameter counts, fvcore
+FLOPs, channel order [conv branch, max-pool branch, attention], LayerScale only in stages 3-4, nearest upsampling, no
+projection inside attention, initialisation. Official checkpoints load through `checkpoint_filter_fn`.
+
+Layout: tokens are channels-last, (B, H, W, C), everywhere inside the stages. The 1x1 convolutions of the official
+code are `nn.Linear` layers on those tokens and the depthwise convolutions run on channels-last views, so a block does
+no layout copies besides the channel concat (which also performs the nearest upsampling of the low path).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerScale, trunc_normal_, use_fused_attn
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from torch import Tensor, nn
+
+from vitlab.models import register_vitlab_model
+
+__all__ = [
+    "InceptionTransformer",
+    "InceptionMixer",
+    "HighFrequencyMixer",
+    "LowFrequencyMixer",
+    "IFormerBlock",
+    "IFormerStage",
+    "checkpoint_filter_fn",
+]
+
+HEAD_DIM = 32  # every stage of every released variant uses 32-channel heads (spec section 2.2)
+CPU_CHUNK_ELEMENTS = 2**21  # on CPU, blocks run on as many images at once as keep the MLP hidden tokens under this
+
+
+def _channels_first(tokens: Tensor) -> Tensor:
+    """(B, H, W, C) tokens -> (B, C, H, W) view with channels-last strides (no copy)."""
+    return tokens.permute(0, 3, 1, 2)
+
+
+def _channels_last(feature_map: Tensor) -> Tensor:
+    """(B, C, H, W) map -> (B, H, W, C) tokens; a view when the map has channels-last strides."""
+    return feature_map.permute(0, 2, 3, 1)
+
+
+def _token_linear(x: Tensor, layer: nn.Linear) -> Tensor:
+    """`layer` over the last dim of (B, H, W, K) tokens that may be a channel slice of wider tokens.
+
+    The slice folds to a strided (B*H*W, K) matrix that BLAS reads in place, with the bias fused into the GEMM
+    (a plain nn.Linear on a 4-D slice copies it, or runs a GEMM and then a separate bias add)."""
+    return F.linear(x.reshape(-1, x.shape[-1]), layer.weight, layer.bias).view(*x.shape[:-1], -1)
+
+
+def _gelu_owned(x: Tensor) -> Tensor:
+    """GELU (exact, erf) of a tensor the caller owns: in place when autograd is off, saving a fresh allocation."""
+    return F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
+
+
+class HighFrequencyMixer(nn.Module):
+    """High-frequency path of the Inception mixer (paper Eq. 3-4): C_h channels in, two C_h-channel outputs.
+
+    The first C_h/2 channels go through a 1x1 projection (no bias), a depthwise 3x3 conv (no bias) and GELU; the last
+    C_h/2 through a 3x3 max-pool (stride 1) and a 1x1 projection with bias, then GELU. Each branch doubles its width.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim % 2 != 0:
+            raise ValueError(f"HighFrequencyMixer: the high-path width C_h must be even (split in two), got {dim}")
+        self.branch_dim = dim // 2
+        self.conv_pointwise = nn.Linear(self.branch_dim, dim, bias=False)  # official high_mixer.conv1
+        self.conv_depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)  # official high_mixer.proj1
+        self.pool_pointwise = nn.Linear(self.branch_dim, dim)  # official high_mixer.proj2
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, H, W, C_h) tokens -> (conv branch, max-pool branch), each (B, H, W, C_h)."""
+        conv_in, pool_in = x[..., : self.branch_dim], x[..., self.branch_dim :]
+        conv_out = _token_linear(conv_in, self.conv_pointwise)
+        conv_out = _gelu_owned(_channels_last(self.conv_depthwise(_channels_first(conv_out))))
+        pool_out = _channels_last(F.max_pool2d(_channels_first(pool_in), 3, stride=1, padding=1))
+        pool_out = _gelu_owned(_token_linear(pool_out, self.pool_pointwise))
+        return conv_out, pool_out
+
+
+class LowFrequencyMixer(nn.Module):
+    """Low-frequency path of the Inception mixer (paper Eq. 5): multi-head self-attention over the tokens.
+
+    In stages 1-2 (`pool=True`) the tokens are first average-pooled 2x2; the caller upsamples the (B, H/2, W/2, C_l)
+    result back (nearest). There is no output projection here: `InceptionMixer.proj` is the only one.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, pool: bool = True):
+        super().__init__()
+        if dim != num_heads * HEAD_DIM:
+            raise ValueError(f"LowFrequencyMixer: width {dim} must be num_heads ({num_heads}) x {HEAD_DIM}")
+        self.num_heads = num_heads
+        self.scale = HEAD_DIM**-0.5
+        self.pool = pool
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, H, W, C_l) tokens -> (B, H', W', C_l), with (H', W') = (H/2, W/2) when pooling, else (H, W)."""
+        if self.pool:
+            # AvgPool2d(2, 2, count_include_pad=False); on an even map every window is full
+            x = _channels_last(F.avg_pool2d(_channels_first(x), 2))
+        batch, height, width, dim = x.shape
+        qkv = _token_linear(x, self.qkv).reshape(batch, height * width, 3, self.num_heads, HEAD_DIM).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, 32)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        return x.transpose(1, 2).reshape(batch, height, width, dim)
+
+
+class InceptionMixer(nn.Module):
+    """The Inception token mixer (paper Sec. 3.2): high path on the first C_h channels, attention on the last C_l.
+
+    Output: proj(y + DWConv3x3(y)) with y = concat(conv branch, max-pool branch, attention) of F = 2*C_h + C_l
+    channels (paper Eq. 6-7; the code's concat order). `attention_heads` = C_l / 32; C_h = C - C_l may be 0.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        attention_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        pool_low: bool = True,
+    ) -> None:
+        super().__init__()
+        self.low_dim = attention_heads * HEAD_DIM
+        self.high_dim = dim - self.low_dim
+        if not 0 < self.low_dim <= dim:
+            raise ValueError(
+                f"InceptionMixer: {attention_heads} attention heads of {HEAD_DIM} channels do not fit in width {dim}"
+            )
+        self.pool_low = pool_low
+        self.high_mixer = HighFrequencyMixer(self.high_dim) if self.high_dim > 0 else None
+        self.low_mixer = LowFrequencyMixer(
+            self.low_dim, attention_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, pool=pool_low
+        )
+        self.fuse_dim = 2 * self.high_dim + self.low_dim
+        self.fuse_dwconv = nn.Conv2d(self.fuse_dim, self.fuse_dim, 3, padding=1, groups=self.fuse_dim, bias=False)
+        self.proj = nn.Linear(self.fuse_dim, dim)  # official Mixer.proj, a 1x1 conv
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def mix(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) tokens -> (B, H, W, F) concat of the three paths, before fusion."""
+        batch, height, width, _ = x.shape
+        low = self.low_mixer(x[..., self.high_dim :])
+        if self.pool_low:
+            # nearest 2x upsampling folded into the concat: split H and W into (H/2, 2) and broadcast the low path
+            # over the 2x2 window, so the only copy is the concat itself
+            window = (batch, height // 2, 2, width // 2, 2)
+            parts = [low[:, :, None, :, None, :].expand(*window, self.low_dim)]
+            if self.high_mixer is not None:
+                parts = [p.reshape(*window, self.high_dim) for p in self.high_mixer(x[..., : self.high_dim])] + parts
+            return torch.cat(parts, dim=-1).reshape(batch, height, width, self.fuse_dim)
+        if self.high_mixer is None:
+            return low
+        return torch.cat([*self.high_mixer(x[..., : self.high_dim]), low], dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) tokens -> (B, H, W, C); stages 1-2 need even H and W (checked by the stage)."""
+        y = self.mix(x)
+        # y + DWConv(y) is one depthwise conv whose kernel has 1 added at its centre tap: saves a full pass over y
+        kernel = self.fuse_dwconv.weight
+        identity = torch.zeros_like(kernel[:1])
+        identity[..., 1, 1] = 1.0
+        y = F.conv2d(_channels_first(y), kernel + identity, padding=1, groups=self.fuse_dim)
+        return self.proj_drop(self.proj(_channels_last(y)))
+
+
+class IFormerMlp(nn.Module):
+    """Linear(C, hidden) -> GELU -> Linear(hidden, C) on (B, H, W, C) tokens (timm's Mlp, GELU in place when
+    autograd is off)."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(_gelu_owned(self.fc1(x)))))
+
+
+class IFormerBlock(nn.Module):
+    """Pre-norm block: x + LS1 * Mixer(LN(x)), then x + LS2 * MLP(LN(x)); LayerScale only in stages 3-4."""
+
+    def __init__(
+        self,
+        dim: int,
+        attention_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init: float | None = None,
+        pool_low: bool = True,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.mixer = InceptionMixer(
+            dim, attention_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, pool_low=pool_low
+        )
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = IFormerMlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        if self.training or torch.is_grad_enabled():
+            x = x + self.drop_path1(self.ls1(self.mixer(self.norm1(x))))
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        # inference: each branch output is a fresh tensor of this block, so scale it and add the residual in place
+        x = self._scale_owned(self.ls1, self.mixer(self.norm1(x))).add_(x)
+        return self._scale_owned(self.ls2, self.mlp(self.norm2(x))).add_(x)
+
+    @staticmethod
+    def _scale_owned(layer_scale: nn.Module, x: Tensor) -> Tensor:
+        return x.mul_(layer_scale.gamma) if isinstance(layer_scale, LayerScale) else x
+
+
+class Stem(nn.Module):
+    """Overall stride 4: conv3x3/2 (C/2) + BN + GELU, conv3x3/2 (C) + BN (official FirstPatchEmbed)."""
+
+    def __init__(self, in_chans: int, dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1)
+        self.norm1 = nn.BatchNorm2d(dim // 2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1)
+        self.norm2 = nn.BatchNorm2d(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H, W) image -> (B, ceil(H/4), ceil(W/4), C) tokens."""
+        # channels-last convolutions hand back (B, H, W, C)-contiguous tokens without a copy
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+        return _channels_last(x)
+
+
+class Downsample(nn.Module):
+    """Between stages: conv3x3 stride 2 with bias, then BatchNorm, no activation (official PatchEmbed)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, H, W, C_in) tokens -> (B, ceil(H/2), ceil(W/2), C_out) tokens."""
+        return _channels_last(self.norm(self.conv(_channels_first(x))))
+
+
+class IFormerStage(nn.Module):
+    """One stage: downsampling (identity in stage 1, after the stem), position embedding, blocks.
+
+    The position embedding is a parameter of the model (`pos_embed1..4`, the official names) and is passed in.
+    """
+
+    def __init__(
+        self,
+        stage_index: int,
+        in_dim: int,
+        dim: int,
+        attention_heads: Sequence[int],
+        pool_low: bool,
+        layer_scale_init: float | None,
+        drop_path_rates: Sequence[float],
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ) -> None:
+        super().__init__()
+        self.stage_index = stage_index
+        self.pool_low = pool_low
+        self.grad_checkpointing = False
+        self.mlp_hidden_dim = int(dim * mlp_ratio)
+        self.downsample = Downsample(in_dim, dim) if stage_index > 0 else nn.Identity()
+        self.blocks = nn.Sequential(
+            *[
+                IFormerBlock(
+                    dim,
+                    heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    proj_drop=proj_drop,
+                    attn_drop=attn_drop,
+                    drop_path=rate,
+                    layer_scale_init=layer_scale_init,
+                    pool_low=pool_low,
+                    norm_layer=norm_layer,
+                )
+                for heads, rate in zip(attention_heads, drop_path_rates, strict=True)
+            ]
+        )
+
+    def forward(self, x: Tensor, pos_embed: Tensor) -> Tensor:
+        """(B, H, W, C_in) tokens and a (1, H_s, W_s, C) embedding -> (B, H', W', C) tokens."""
+        x = self.downsample(x)
+        _, height, width, _ = x.shape
+        if self.pool_low and (height % 2 or width % 2):
+            raise ValueError(
+                f"iFormer stage {self.stage_index + 1}: the token map is {height}x{width} (HxW), but stages 1-2 "
+                "average-pool 2x2 for attention and need an even height and width; use an input whose height and "
+                "width are multiples of 16"
+            )
+        x = x + resize_pos_embed(pos_embed, height, width)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        images_per_chunk = max(1, CPU_CHUNK_ELEMENTS // (height * width * self.mlp_hidden_dim))
+        if x.device.type == "cpu" and x.shape[0] > images_per_chunk:
+            # Blocks act on each image independently (LayerNorm, per-image convs and attention, MLP). On a CPU,
+            # running them on a few images at a time keeps every intermediate (the MLP's 4C-wide hidden tokens
+            # above all) small enough to stay in cache and to be recycled by the allocator instead of being
+            # page-faulted in afresh; the result is identical.
+            return torch.cat([self.blocks(chunk) for chunk in x.split(images_per_chunk)])
+        return self.blocks(x)
+
+
+def resize_pos_embed(pos_embed: Tensor, height: int, width: int) -> Tensor:
+    """(1, H_s, W_s, C) -> (1, height, width, C): bilinear (align_corners=False) when the grid differs, as official."""
+    if pos_embed.shape[1:3] == (height, width):
+        return pos_embed
+    resized = F.interpolate(_channels_first(pos_embed), size=(height, width), mode="bilinear", align_corners=False)
+    return _channels_last(resized)
+
+
+def _take_indices(num_stages: int, indices: int | Sequence[int] | None) -> list[int]:
+    """timm's feature-index convention: None = all stages, int n = the last n, a sequence = those (negatives ok)."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"iFormer: asked for the last {indices} stages, but the model has {num_stages}")
+        return list(range(num_stages - indices, num_stages))
+    taken = [num_stages + i if i < 0 else i for i in indices]
+    if not taken or any(not 0 <= i < num_stages for i in taken):
+        raise ValueError(f"iFormer: stage indices {list(indices)} out of range for {num_stages} stages")
+    return taken
+
+
+class InceptionTransformer(nn.Module):
+    """iFormer (arXiv 2205.12956), following timm's model contract.
+
+    Args:
+        attention_heads: per stage, the number of 32-channel attention heads of each block (the frequency ramp,
+            paper Sec. 3.3); C_l = 32 * heads go to the low path and C_h = C - C_l to the high path.
+        num_heads: per stage, C / 32; only used to check the widths (the head dim is fixed at 32).
+        img_size: the size the position embeddings are built for (grids img_size / 4, 8, 16, 32); other input sizes
+            interpolate them bilinearly at run time.
+        layer_scale: per stage, whether blocks have LayerScale (initialised to `layer_scale_init`).
+        mixer_mode: "inception" (the paper), or "attention_only" (an ablation, not a paper model: every channel goes
+            to the attention path).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (3, 3, 9, 3),
+        embed_dims: Sequence[int] = (96, 192, 320, 384),
+        num_heads: Sequence[int] = (3, 6, 10, 12),
+        attention_heads: Sequence[Sequence[int]] = ((1,) * 3, (3,) * 3, (7,) * 4 + (9,) * 5, (11,) * 3),
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        layer_scale: Sequence[bool] = (False, False, True, True),
+        layer_scale_init: float = 1e-6,
+        pool_low: Sequence[bool] = (True, True, False, False),
+        mixer_mode: str = "inception",
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        num_stages = len(depths)
+        for name, value in (("embed_dims", embed_dims), ("num_heads", num_heads), ("attention_heads", attention_heads),
+                            ("layer_scale", layer_scale), ("pool_low", pool_low)):
+            if len(value) != num_stages:
+                raise ValueError(f"InceptionTransformer: {name} has {len(value)} entries, expected one per stage "
+                                 f"({num_stages})")
+        for stage, (dim, heads, ramp, depth) in enumerate(zip(embed_dims, num_heads, attention_heads, depths)):
+            if dim != heads * HEAD_DIM:
+                raise ValueError(f"InceptionTransformer: stage {stage + 1} width {dim} != num_heads {heads} x "
+                                 f"{HEAD_DIM}")
+            if len(ramp) != depth:
+                raise ValueError(f"InceptionTransformer: attention_heads[{stage}] has {len(ramp)} entries, expected "
+                                 f"one per block ({depth})")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"InceptionTransformer: global_pool must be 'avg' or '', got {global_pool!r}")
+        if mixer_mode == "attention_only":
+            attention_heads = [(heads,) * depth for heads, depth in zip(num_heads, depths)]
+        elif mixer_mode != "inception":
+            raise ValueError(f"InceptionTransformer: mixer_mode must be 'inception' or 'attention_only', got "
+                             f"{mixer_mode!r}")
+        self.mixer_mode = mixer_mode
+        self.attention_heads = tuple(tuple(int(h) for h in ramp) for ramp in attention_heads)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.embed_dims = tuple(embed_dims)
+        self.grad_checkpointing = False
+        img_h, img_w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        norm_layer = _layer_norm
+
+        self.stem = Stem(in_chans, embed_dims[0])
+        for stage, dim in enumerate(embed_dims):
+            stride = 4 * 2**stage
+            self.register_parameter(
+                f"pos_embed{stage + 1}", nn.Parameter(torch.zeros(1, img_h // stride, img_w // stride, dim))
+            )
+        n_blocks = sum(depths)  # linspace with both endpoints, in Python so the model also builds on the meta device
+        rates = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
+        self.stages = nn.ModuleList()
+        self.feature_info: list[dict[str, Any]] = []
+        for stage, depth in enumerate(depths):
+            first_block = sum(depths[:stage])
+            self.stages.append(
+                IFormerStage(
+                    stage,
+                    embed_dims[max(stage - 1, 0)],
+                    embed_dims[stage],
+                    self.attention_heads[stage],
+                    pool_low=pool_low[stage],
+                    layer_scale_init=layer_scale_init if layer_scale[stage] else None,
+                    drop_path_rates=rates[first_block : first_block + depth],
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                    norm_layer=norm_layer,
+                )
+            )
+            self.feature_info.append(dict(num_chs=embed_dims[stage], reduction=4 * 2**stage, module=f"stages.{stage}"))
+        self.norm = norm_layer(embed_dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Official init: trunc-normal(0.02) for every Linear/Conv2d weight (head included) and the position
+        embeddings, zero biases, unit norms; LayerScale keeps its 1e-6."""
+        for name in self.pos_embed_names():
+            trunc_normal_(getattr(self, name), std=0.02)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def pos_embed_names(self) -> list[str]:
+        """Names of the position embeddings of the stages the model keeps: pos_embed1, pos_embed2, ..."""
+        return [f"pos_embed{stage + 1}" for stage in range(len(self.stages))]
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The real parameter names of the position embeddings (the official code returns 'pos_embed', which
+        matches nothing, so its runs decayed them; recipes reproduce that with optim.decay_pos_embed)."""
+        return set(self.pos_embed_names())
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise lr decay: stem, then stages (coarse) or blocks (fine)."""
+        return dict(
+            stem=r"^stem|^pos_embed1$",
+            blocks=r"^stages\.(\d+)|^pos_embed(\d+)"
+            if coarse
+            else [
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^pos_embed(\d+)", (0,)),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New (re-initialised) Linear head with `num_classes` outputs (0: identity); global_pool 'avg' or ''."""
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"InceptionTransformer: global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(
+                f"iFormer takes images shaped (B, C, H, W); got a {x.ndim}-D tensor of shape {tuple(x.shape)}"
+                + (" (video clips (B, C, T, H, W) need a video model such as DualFormer)" if x.ndim == 5 else "")
+            )
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) image -> (B, H/32, W/32, C4) final-normed tokens (channels-last, like the blocks)."""
+        self._check_input(x)
+        x = self.stem(x)
+        for stage_index, stage in enumerate(self.stages):
+            x = stage(x, getattr(self, f"pos_embed{stage_index + 1}"))
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """(B, H4, W4, C4) tokens -> (B, num_classes) logits, or the (B, C4) token mean with pre_logits=True."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, num_classes); H and W multiples of 16 (stages 1-2 pool their token maps 2x2)."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs as (B, C_s, H_s, W_s) maps (timm's feature API); `norm` applies the final LayerNorm to the
+        last stage's output. Returns the maps, or (final normed tokens, maps) unless `intermediates_only`."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"iFormer.forward_intermediates: output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self._check_input(x)
+        take = _take_indices(len(self.stages), indices)
+        last_index = len(self.stages) - 1
+        stages = self.stages[: max(take) + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for stage_index, stage in enumerate(stages):
+            x = stage(x, getattr(self, f"pos_embed{stage_index + 1}"))
+            if stage_index in take:
+                out = self.norm(x) if norm and stage_index == last_index else x
+                intermediates.append(_channels_first(out).contiguous() if output_fmt == "NCHW" else out)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages (and their position embeddings), norm and head that the requested features do not use."""
+        take = _take_indices(len(self.stages), indices)
+        keep = max(take) + 1
+        for stage_index in range(keep, len(self.stages)):
+            delattr(self, f"pos_embed{stage_index + 1}")
+        self.stages = self.stages[:keep]
+        self.feature_info = self.feature_info[:keep]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+
+def _layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Conversion of the official checkpoints (sail-sg/iFormer, models/inception_transformer.py)
+# --------------------------------------------------------------------------------------------------------------------
+
+# official key (after "blocks{s}.{j}.") -> vitlab key (after "stages.{s-1}.blocks.{j}.")
+_OFFICIAL_BLOCK_KEYS = {
+    "attn.high_mixer.conv1.weight": "mixer.high_mixer.conv_pointwise.weight",
+    "attn.high_mixer.proj1.weight": "mixer.high_mixer.conv_depthwise.weight",
+    "attn.high_mixer.proj2.weight": "mixer.high_mixer.pool_pointwise.weight",
+    "attn.high_mixer.proj2.bias": "mixer.high_mixer.pool_pointwise.bias",
+    "attn.low_mixer.qkv.weight": "mixer.low_mixer.qkv.weight",
+    "attn.low_mixer.qkv.bias": "mixer.low_mixer.qkv.bias",
+    "attn.conv_fuse.weight": "mixer.fuse_dwconv.weight",
+    "attn.proj.weight": "mixer.proj.weight",
+    "attn.proj.bias": "mixer.proj.bias",
+    "layer_scale_1": "ls1.gamma",
+    "layer_scale_2": "ls2.gamma",
+}
+_OFFICIAL_STEM_KEYS = {"proj1": "conv1", "norm1": "norm1", "proj2": "conv2", "norm2": "norm2"}
+_CLASSIFIER_PREFIX = "head."
+
+
+def _convert_official_key(key: str) -> str:
+    """Official state-dict key -> vitlab key; keys it does not know are returned unchanged (and reported later)."""
+    if match := re.fullmatch(r"patch_embed\.(proj1|norm1|proj2|norm2)\.(.+)", key):
+        return f"stem.{_OFFICIAL_STEM_KEYS[match[1]]}.{match[2]}"
+    if match := re.fullmatch(r"patch_embed([2-9])\.(proj|norm)\.(.+)", key):
+        layer = "conv" if match[2] == "proj" else "norm"
+        return f"stages.{int(match[1]) - 1}.downsample.{layer}.{match[3]}"
+    if match := re.fullmatch(r"blocks([1-9])\.(\d+)\.(.+)", key):
+        prefix = f"stages.{int(match[1]) - 1}.blocks.{match[2]}."
+        return prefix + _OFFICIAL_BLOCK_KEYS.get(match[3], match[3])  # norm1/norm2/mlp.* keep their names
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: InceptionTransformer) -> dict[str, Tensor]:
+    """Convert an official iFormer checkpoint (or a vitlab one) to `model`'s state dict.
+
+    Renames the keys, reshapes 1x1 conv weights (O, I, 1, 1) to Linear (O, I), and interpolates position embeddings
+    whose grid differs from the model's (the released 384 checkpoints store 224 grids) bilinearly, exactly as the
+    forward pass would. The channel order is the official one ([conv branch, max-pool branch, attention]), so no
+    permutation is needed. The classifier is left to timm's loader (which drops it when num_classes differs).
+
+    Raises:
+        ValueError: listing every missing, unexpected and mis-shaped key at once.
+    """
+    for wrapper in ("model", "state_dict", "model_ema"):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
+            state_dict = state_dict[wrapper]
+            break
+    target = model.state_dict()
+    converted: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        key = _convert_official_key(key.removeprefix("module."))
+        if key in target and isinstance(value, Tensor):
+            expected = target[key]
+            if re.fullmatch(r"pos_embed\d+", key) and value.ndim == 4 and value.shape[-1] == expected.shape[-1]:
+                value = resize_pos_embed(value.float(), expected.shape[1], expected.shape[2]).to(value.dtype)
+            elif value.ndim == 4 and expected.ndim == 2 and value.shape[2:] == (1, 1):
+                value = value.flatten(1)  # 1x1 conv -> Linear
+        converted[key] = value
+
+    missing = [k for k in target if k not in converted and not k.startswith(_CLASSIFIER_PREFIX)]
+    unexpected = [k for k in converted if k not in target and not k.startswith(_CLASSIFIER_PREFIX)]
+    misshaped = [
+        f"{k}: checkpoint {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}, "
+        f"model {tuple(target[k].shape)}"
+        for k, v in converted.items()
+        if k in target
+        and not k.startswith(_CLASSIFIER_PREFIX)
+        and (not isinstance(v, Tensor) or v.shape != target[k].shape)
+    ]
+    if missing or unexpected or misshaped:
+        lines = []
+        for title, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if names:
+                shown = names[:25] + ([f"... and {len(names) - 25} more"] if len(names) > 25 else [])
+                lines.append(f"{len(names)} {title} key(s):\n    " + "\n    ".join(shown))
+        raise ValueError(
+            "iFormer checkpoint does not match the model (after converting official key names):\n" + "\n".join(lines)
+        )
+    return converted
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv1",
+        "classifier": "head",
+        "paper_ids": "arXiv:2205.12956",
+        "paper_name": "Inception Transformer",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+_CFG_384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
+default_cfgs = generate_default_cfgs(
+    {
+        "iformer_small": _cfg(),
+        "iformer_base": _cfg(),
+        "iformer_large": _cfg(),
+        "iformer_small_384": _cfg(**_CFG_384),
+        "iformer_base_384": _cfg(**_CFG_384),
+        "iformer_large_384": _cfg(**_CFG_384),
+        "test_iformer": _cfg(input_size=(3, 32, 32), pool_size=(1, 1), num_classes=10, crop_pct=1.0),
+    }
+)
+
+# Variants (spec section 2.3-2.4); attention_heads is the frequency ramp, one entry per block.
+_SMALL = dict(
+    depths=(3, 3, 9, 3),
+    embed_dims=(96, 192, 320, 384),
+    num_heads=(3, 6, 10, 12),
+    attention_heads=((1, 1, 1), (3, 3, 3), (7, 7, 7, 7, 9, 9, 9, 9, 9), (11, 11, 11)),
+)
+_BASE = dict(
+    depths=(4, 6, 14, 6),
+    embed_dims=(96, 192, 384, 512),
+    num_heads=(3, 6, 12, 16),
+    attention_heads=((1,) * 4, (3,) * 6, (8,) * 7 + (10,) * 7, (15,) * 6),
+)
+_LARGE = dict(
+    depths=(4, 6, 18, 8),
+    embed_dims=(96, 192, 448, 640),
+    num_heads=(3, 6, 14, 20),
+    attention_heads=((1,) * 4, (3,) * 6, (10,) * 9 + (12,) * 9, (19,) * 8),
+)
+_TEST = dict(
+    depths=(1, 1, 2, 1),
+    embed_dims=(64, 96, 128, 160),
+    num_heads=(2, 3, 4, 5),
+    attention_heads=((1,), (1,), (2, 3), (4,)),
+    img_size=32,
+    num_classes=10,
+)
+
+
+def _create_iformer(variant: str, pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        InceptionTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+@register_vitlab_model
+def iformer_small(pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    """iFormer-S: 19,866,344 params, 4.8485 GFLOPs at 224 (ImageNet-1K top-1 83.4 reported)."""
+    return _create_iformer("iformer_small", pretrained, **{**_SMALL, **kwargs})
+
+
+@register_vitlab_model
+def iformer_base(pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    """iFormer-B: 47,866,216 params, 9.3784 GFLOPs at 224 (top-1 84.6 reported)."""
+    return _create_iformer("iformer_base", pretrained, **{**_BASE, **kwargs})
+
+
+@register_vitlab_model
+def iformer_large(pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    """iFormer-L: 86,637,096 params, 14.0469 GFLOPs at 224 (top-1 84.8 reported)."""
+    return _create_iformer("iformer_large", pretrained, **{**_LARGE, **kwargs})
+
+
+@register_vitlab_model
+def iformer_small_384(pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    """iFormer-S with 384-grid position embeddings: 20,899,944 params, 16.098 GFLOPs (top-1 84.6 reported)."""
+    return _create_iformer("iformer_small_384", pretrained, **{**_SMALL, "img_size": 384, **kwargs})
+
+
+@register_vitlab_model
+def iformer_base_384(pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    """iFormer-B with 384-grid position embeddings: 48,936,296 params, 30.552 GFLOPs (top-1 85.7 reported)."""
+    return _create_iformer("iformer_base_384", pretrained, **{**_BASE, "img_size": 384, **kwargs})
+
+
+@register_vitlab_model
+def iformer_large_384(pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    """iFormer-L with 384-grid position embeddings: 87,743,656 params, 45.335 GFLOPs (top-1 85.8 reported)."""
+    return _create_iformer("iformer_large_384", pretrained, **{**_LARGE, "img_size": 384, **kwargs})
+
+
+@register_vitlab_model
+def test_iformer(pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    """Tiny iFormer for tests and CPU recipes (spec section 5.5): 32x32 input, 10 classes, 1,173,482 params."""
+    return _create_iformer("test_iformer", pretrained, **{**_TEST, **kwargs})
