@@ -38,6 +38,34 @@ class AugConfig:
 
 
 @dataclass
+class VideoConfig:
+    """Clips of the video sets (``moving_digits``, ``video_folder``): sampling, transforms and test views.
+
+    A clip is ``clip_len`` frames every ``frame_interval`` frames, resized/cropped to ``data.img_size``; the model is
+    built for (clip_len, img_size, img_size). Test videos are seen as ``num_clips`` temporal clips ×
+    ``num_crops`` spatial crops (views), scored by averaging over the views.
+    """
+
+    clip_len: int = 8  # frames per clip (T of the model's video_size); DualFormer K400: 32
+    frame_interval: int = 1  # stride between the sampled frames; DualFormer K400: 2
+    num_clips: int = 1  # temporal clips per test video (uniform, deterministic); K400: 4
+    num_crops: int = 1  # spatial crops per test clip: 1 (centre) or 3 (ThreeCrop); K400: 1
+    short_side: int | None = None  # training: resize the short side to this first (K400: 256); null = no resize
+    crop_scale: list[float] | None = None  # training random-resized-crop area range (K400: [0.08, 1.0]); null = off
+    hflip: float = 0.0  # training horizontal flip probability (K400: 0.5; 0 when a flip changes the label)
+    test_short_side: int | None = None  # test: resize the short side to this before cropping (K400: 224)
+    label: str = "motion"  # moving_digits: motion | digit
+    num_frames: int = 16  # moving_digits: frames of each generated video
+    digit_size: int = 16  # moving_digits: side of the digit sprite on the img_size canvas
+    train_videos_per_digit: int = 4  # moving_digits: training videos per training digit (random start and motion)
+    test_videos_per_digit: int = 1  # moving_digits: test videos per test digit
+    train_list: str = "train.csv"  # video_folder: annotation list of the training split (relative to data.root)
+    test_list: str = "val.csv"  # video_folder: annotation list of the test split (relative to data.root)
+    videos_dir: str = ""  # video_folder: folder the listed paths are relative to, under data.root
+    skip_corrupt: bool = False  # video_folder: skip (and count) missing or undecodable videos instead of failing
+
+
+@dataclass
 class DataConfig:
     """Which data set, where, and how it is loaded. Images come out in [0, 1]; normalisation lives in the model."""
 
@@ -50,6 +78,7 @@ class DataConfig:
     eval_batch_size: int = 256
     num_workers: int = 0
     aug: AugConfig = field(default_factory=AugConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)  # video sets only
 
 
 @dataclass

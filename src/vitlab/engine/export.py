@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vitlab.engine.checkpoint import CheckpointError, atomic_write_bytes, load_method
-from vitlab.models.classifier import ImageClassifier, create_backbone
+from vitlab.models.classifier import ImageClassifier
 
 
 def export_safetensors(ckpt_path: str | Path, out_dir: str | Path | None = None) -> Path:

@@ -186,7 +186,12 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
         import vitlab.methods  # noqa: F401
 
         method_cls = METHODS[cfg.method.name]
-    datasets = method_cls.build_datasets(cfg)
+    # Bundled sets are rendered and cached on first use: one process per node builds, the others then read the cache.
+    if fabric.local_rank == 0:
+        datasets = method_cls.build_datasets(cfg)
+    fabric.barrier()
+    if fabric.local_rank != 0:
+        datasets = method_cls.build_datasets(cfg)
     info = data_info_from(cfg, datasets["train"])
     seed_everything(cfg.train.seed)  # identical initial weights in every process and for every world size
     method: Method = build_method(cfg, info)
@@ -334,7 +339,8 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
                                 "  ".join(f"{k} {v:.4g}" for k, v in means.items()))
                     window.clear()
                     t_window, n_window = time.time(), 0
-                if cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0 and position < batches_per_epoch:
+                every = cfg.train.ckpt_every_steps
+                if every and step % every == 0 and position < batches_per_epoch:
                     save("last.ckpt", epoch, position)
             if position < batches_per_epoch:  # stopped inside the epoch by train.max_steps
                 last_metrics = evaluate(epoch)
@@ -365,7 +371,8 @@ def _check_finite(fabric: Any, loss: Tensor, out: Mapping[str, Any], step: int, 
     if fabric.world_size > 1:
         bad = bool(fabric.all_reduce(torch.tensor(float(bad)), reduce_op="sum") > 0)
     if bad:
-        terms = ", ".join(f"{k}={float(v.detach().float().mean()):.4g}" for k, v in out.items() if isinstance(v, Tensor))
+        terms = ", ".join(f"{k}={float(v.detach().float().mean()):.4g}"
+                          for k, v in out.items() if isinstance(v, Tensor))
         raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step} ({terms}); stopped. The last good "
                                  f"checkpoint is {run_dir / 'last.ckpt'} — lower optim.lr or set optim.clip_grad")
 

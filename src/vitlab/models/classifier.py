@@ -24,7 +24,8 @@ class InputNormalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"InputNormalize: mean {tuple(mean)} and std {tuple(std)} must have the same length, std > 0")
+            raise ValueError(f"InputNormalize: mean {tuple(mean)} and std {tuple(std)} must have the same length, "
+                             "std > 0")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32), persistent=True)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32), persistent=True)
 
@@ -52,7 +53,7 @@ class ImageClassifier(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return int(getattr(self.model, "num_features"))
+        return int(self.model.num_features)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) or (B, C, T, H, W) in [0, 1] -> logits (B, num_classes)."""
