@@ -30,6 +30,7 @@ class AugConfig:
     rand_augment: str | None = None  # timm RandAugment string, e.g. "rand-m9-mstd0.5-inc1"; None = off
     hflip: float = 0.0  # horizontal flip probability (0 for digits and glyphs: flips change the class)
     random_crop_padding: int = 0  # pad-and-crop translation, in pixels (4 is the CIFAR standard)
+    rrc_scale: list[float] | None = None  # random-resized crop area range, e.g. [0.08, 1.0]; None = off
     random_erasing: float = 0.0  # timm RandomErasing probability
     mixup: float = 0.0  # mixup alpha (0 = off); applied per batch by the method
     cutmix: float = 0.0  # cutmix alpha (0 = off)
@@ -63,6 +64,7 @@ class VideoConfig:
     test_list: str = "val.csv"  # video_folder: annotation list of the test split (relative to data.root)
     videos_dir: str = ""  # video_folder: folder the listed paths are relative to, under data.root
     skip_corrupt: bool = False  # video_folder: skip (and count) missing or undecodable videos instead of failing
+    max_test_videos: int | None = None  # evaluate on the first N test videos only (quick checks); null = all
 
 
 @dataclass
@@ -236,7 +238,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"recipe {path}: expected a mapping of sections (data, model, method, optim, ...)")
         raw = loaded
     try:
-        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(_parse_overrides(overrides or [])))
+        merged_raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(_parse_overrides(overrides or [])))
+        assert isinstance(merged_raw, DictConfig)
+        raw = merged_raw
     except OmegaConfBaseException as exc:
         raise ConfigError(f"--set: {str(exc).splitlines()[0]}") from None
     plain = OmegaConf.to_container(raw, resolve=False)
@@ -280,6 +284,9 @@ def validate(cfg: RunConfig) -> None:
     for key in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):
         v = getattr(d.aug, key)
         _require(0.0 <= v <= 1.0, f"data.aug.{key}", "a probability in [0, 1]", v)
+    scale = d.aug.rrc_scale
+    _require(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1),
+             "data.aug.rrc_scale", "null or [min, max] with 0 < min <= max <= 1", d.aug.rrc_scale)
     _require(d.aug.mixup >= 0 and d.aug.cutmix >= 0, "data.aug.mixup", "alphas >= 0", (d.aug.mixup, d.aug.cutmix))
     _require(o.name in ("adamw", "sgd"), "optim.name", "adamw or sgd", o.name)
     _require(o.lr > 0, "optim.lr", "a learning rate > 0", o.lr)

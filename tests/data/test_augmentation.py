@@ -161,3 +161,20 @@ def test_augmented_digits_through_a_data_loader() -> None:
     assert images.shape == (16, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
     assert targets.shape == (16, 10) and torch.allclose(targets.sum(dim=1), torch.ones(16))
     assert targets.min() >= 0.1 / 10 - 1e-6
+
+
+def test_random_resized_crop_keeps_size_and_with_full_scale_is_near_identity() -> None:
+    import torch
+
+    from vitlab.config import AugConfig
+    from vitlab.data.transforms import TrainTransform
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 32, 32)
+    crop = TrainTransform(AugConfig(rrc_scale=[0.3, 0.6]), 32, 3, (0.5,) * 3, (0.25,) * 3)
+    out = crop(image)
+    assert out.shape == image.shape and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert not torch.allclose(out, image)
+    # the area range [1, 1] with ratio drawn in 3/4..4/3 can only be the whole image (torchvision's fallback)
+    whole = TrainTransform(AugConfig(rrc_scale=[1.0, 1.0]), 32, 3, (0.5,) * 3, (0.25,) * 3)
+    torch.testing.assert_close(whole(image), image, atol=1e-6, rtol=0)

@@ -18,6 +18,7 @@ from timm.data.auto_augment import RandAugment, rand_augment_transform
 from timm.data.auto_augment import posterize as timm_posterize
 from timm.data.random_erasing import RandomErasing
 from torch import Tensor
+from torchvision.transforms import RandomResizedCrop
 
 from vitlab.config import AugConfig
 from vitlab.data.dataset import DataError
@@ -80,6 +81,7 @@ class TrainTransform:
 
     def __init__(self, aug: AugConfig, img_size: int, channels: int, mean: Sequence[float], std: Sequence[float]):
         self.rand_augment = _rand_augment(aug.rand_augment, img_size, channels, mean) if aug.rand_augment else None
+        self.rrc_scale = tuple(aug.rrc_scale) if aug.rrc_scale else None
         self.padding = int(aug.random_crop_padding)
         self.hflip = float(aug.hflip)
         if self.padding < 0:
@@ -94,7 +96,8 @@ class TrainTransform:
     @staticmethod
     def is_active(aug: AugConfig) -> bool:
         """Whether ``aug`` asks for any per-image augmentation (mixup / cutmix are per batch, not here)."""
-        return bool(aug.rand_augment) or aug.random_crop_padding > 0 or aug.hflip > 0 or aug.random_erasing > 0
+        return (bool(aug.rand_augment) or bool(aug.rrc_scale) or aug.random_crop_padding > 0 or aug.hflip > 0
+                or aug.random_erasing > 0)
 
     def __call__(self, image: Tensor | Image.Image) -> Tensor:
         if self.rand_augment is not None:
@@ -104,6 +107,12 @@ class TrainTransform:
             image = pil_to_unit_tensor(image)
         else:
             image = image.clone()
+        if self.rrc_scale is not None:
+            # Random-resized crop back to the same size (ratio 3/4..4/3, bilinear), as torchvision's.
+            height, width = image.shape[-2:]
+            top, left, h, w = RandomResizedCrop.get_params(image, list(self.rrc_scale), [3 / 4, 4 / 3])
+            crop = image[:, top:top + h, left:left + w].unsqueeze(0)
+            image = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0].clamp_(0, 1)
         if self.padding > 0:
             height, width = image.shape[-2:]
             padded = F.pad(image, (self.padding,) * 4)  # zero (black) border, as the CIFAR recipe pads

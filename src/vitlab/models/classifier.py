@@ -21,6 +21,9 @@ __all__ = ["ImageClassifier", "InputNormalize", "build_classifier", "create_back
 class InputNormalize(nn.Module):
     """(x - mean) / std per channel, for images (B, C, H, W) and clips (B, C, T, H, W)."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):
@@ -53,17 +56,17 @@ class ImageClassifier(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return int(self.model.num_features)
+        return int(self.model.num_features)  # type: ignore[arg-type]
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) or (B, C, T, H, W) in [0, 1] -> logits (B, num_classes)."""
         return self.model(self.normalize(x))
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.model.forward_features(self.normalize(x))
+        return self.model.forward_features(self.normalize(x))  # type: ignore[operator]
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.model.forward_head(features, pre_logits=pre_logits)
+        return self.model.forward_head(features, pre_logits=pre_logits)  # type: ignore[operator]
 
     def embed(self, x: Tensor) -> Tensor:
         """Pooled pre-logit features (B, num_features)."""
@@ -85,25 +88,30 @@ def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int, img_size:
         kwargs.setdefault("drop_path_rate", cfg.drop_path_rate)
     if cfg.drop_rate:
         kwargs.setdefault("drop_rate", cfg.drop_rate)
-    if img_size is not None and _accepts_img_size(cfg.name):
-        kwargs.setdefault("img_size", img_size)
+    # Models that bake the input size into their position embeddings (ViT, Swin, iFormer, ...) take ``img_size``;
+    # others (CNNs) reject it, and are built without.
+    if img_size is not None and "img_size" not in kwargs:
+        try:
+            return timm.create_model(cfg.name, pretrained=False, img_size=img_size, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise ConfigError(f"model.kwargs: {cfg.name} does not accept these arguments ({exc})") from None
     try:
         return timm.create_model(cfg.name, pretrained=False, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model.kwargs: {cfg.name} does not accept these arguments ({exc})") from None
 
 
-def _accepts_img_size(name: str) -> bool:
-    """ViT-style models bake the input size into their position embeddings and take ``img_size``."""
-    import inspect
-
-    entry = timm.models.get_arch_name(name)
-    module_cls = {"vision_transformer": True, "deit": True, "swin_transformer": True, "cait": True, "beit": True,
-                  "eva": True, "vision_transformer_hybrid": True, "twins": True, "pvt_v2": True}
-    if entry in module_cls:
+def accepts_img_size(name: str) -> bool:
+    """Whether ``timm.create_model(name, img_size=...)`` is accepted (ViT-style models)."""
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, pretrained=False, img_size=32)
+    except TypeError as exc:
+        return "img_size" not in str(exc)
+    except Exception:
         return True
-    fn = timm.models.model_entrypoint(name)
-    return "img_size" in inspect.signature(fn).parameters
+    return True
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int, in_chans: int, img_size: int,

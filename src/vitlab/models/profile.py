@@ -77,9 +77,9 @@ def model_info(name: str, img_size: int | None = None, frames: int | None = None
     if len(size) == 4 and (img_size is not None or frames is not None):
         create_kwargs["video_size"] = tuple(size[1:])  # video models fix their windows from the clip size
     elif img_size is not None:
-        from vitlab.models.classifier import _accepts_img_size
+        from vitlab.models.classifier import accepts_img_size
 
-        if _accepts_img_size(name):
+        if accepts_img_size(name):
             create_kwargs["img_size"] = img_size
     model = None
     if not flops:  # counting parameters needs no memory: try the meta device first
@@ -91,7 +91,7 @@ def model_info(name: str, img_size: int | None = None, frames: int | None = None
     if model is None:
         with explicit_attention():
             model = timm.create_model(name, pretrained=False, **create_kwargs)
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None  # type: ignore[operator]
     head_params = count_params(head) if isinstance(head, nn.Module) else 0
     info: dict[str, Any] = {"model": name, "params": count_params(model),
                             "backbone_params": count_params(model) - head_params, "input_size": list(size)}
