@@ -30,7 +30,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 def capture_rng_state() -> dict[str, Any]:
     """The global generators' states as plain tensors and types (loadable with ``weights_only=True``)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
@@ -77,7 +77,7 @@ class SeededItems(torch.utils.data.Dataset):
         s = item_seed(self.seed, self.epoch, index)
         random.seed(s)
         np.random.seed(s % 2**32)
-        torch.manual_seed(s)
+        torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed also visits every device
         try:
             return self.dataset[index]
         finally:
