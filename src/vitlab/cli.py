@@ -91,8 +91,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         cfg.data = load_config(args.config, args.set).data
     elif args.set:
         cfg = apply_overrides(cfg, args.set)
-    loaders = {"test": DataLoader(build_dataset(cfg.data, args.split, train=False),
-                                  batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)}
+    # the same evaluation sets as training used (methods may add their own, e.g. a k-NN memory bank)
+    datasets = {k: v for k, v in type(method).build_datasets(cfg).items() if k != "train"}
+    if args.split != "test":
+        datasets["test"] = build_dataset(cfg.data, args.split, train=False)
+    loaders = {k: DataLoader(v, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+               for k, v in datasets.items()}
     with torch.no_grad():
         metrics = method.evaluate(loaders, None)
     if args.confusion:
