@@ -24,3 +24,4 @@ def list_vitlab_models(pattern: str = "*") -> list[str]:
 from vitlab.models import iformer as iformer  # noqa: E402,F401
 from vitlab.models import dualformer as dualformer  # noqa: E402,F401
 from vitlab.models import cifar_resnet as cifar_resnet  # noqa: E402,F401
+from vitlab.models import frame_average as frame_average  # noqa: E402,F401

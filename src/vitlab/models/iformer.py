@@ -1,10 +1,10 @@
-"""iFormer: "Inception Transformer" (Si et al., NeurIPS 2022, arXiv 2205.12956).
+"""iFormer: "Inception Transformer" (Si et al., NeurIPS 2022, arXiv 2205.12956); vitlab spec specs/iformer.md.
 
-A 4-stage hierarchical vision transformer whose token mixer (the Inception mixer, paper Sec. 3.2) splits the channels
-of every block into a high-frequency path (a max-pool branch and a depthwise-conv branch) and a low-frequency path
-(self-attention, on 2x2 average-pooled tokens in stages 1-2), then fuses them with a residual depthwise conv and a
-1x1 projection. A frequency ramp (paper Sec. 3.3) moves channels from the high to the low path as depth grows; it is
-stored here as an explicit per-block list of attention heads, exactly as in the released models.
+A 4-stage hierarchical vision transformer whose token mixer, the Inception mixer (spec section 2.2), splits the
+channels of every block into a high-frequency path (a max-pool branch and a depthwise-conv branch) and a
+low-frequency path (self-attention, on 2x2 average-pooled tokens in stages 1-2), then fuses them with a residual
+depthwise conv and a 1x1 projection. A frequency ramp (spec section 2.3) moves channels from the high to the low path
+as depth grows; it is stored here as an explicit per-block list of attention heads, exactly as in the released models.
 
 Faithful to the official implementation (sail-sg/iFormer, models/inception_transformer.py): parameter counts, fvcore
 FLOPs, channel order [conv branch, max-pool branch, attention], LayerScale only in stages 3-4, nearest upsampling, no
@@ -68,7 +68,7 @@ def _gelu_owned(x: Tensor) -> Tensor:
 
 
 class HighFrequencyMixer(nn.Module):
-    """High-frequency path of the Inception mixer (paper Eq. 3-4): C_h channels in, two C_h-channel outputs.
+    """High-frequency path of the Inception mixer (spec section 2.2): C_h channels in, two C_h-channel outputs.
 
     The first C_h/2 channels go through a 1x1 projection (no bias), a depthwise 3x3 conv (no bias) and GELU; the last
     C_h/2 through a 3x3 max-pool (stride 1) and a 1x1 projection with bias, then GELU. Each branch doubles its width.
@@ -94,7 +94,7 @@ class HighFrequencyMixer(nn.Module):
 
 
 class LowFrequencyMixer(nn.Module):
-    """Low-frequency path of the Inception mixer (paper Eq. 5): multi-head self-attention over the tokens.
+    """Low-frequency path of the Inception mixer (spec section 2.2): multi-head self-attention over the tokens.
 
     In stages 1-2 (`pool=True`) the tokens are first average-pooled 2x2; the caller upsamples the (B, H/2, W/2, C_l)
     result back (nearest). There is no output projection here: `InceptionMixer.proj` is the only one.
@@ -116,8 +116,16 @@ class LowFrequencyMixer(nn.Module):
         if self.pool:
             # AvgPool2d(2, 2, count_include_pad=False); on an even map every window is full
             x = _channels_last(F.avg_pool2d(_channels_first(x), 2))
+        return self.attend(x)
+
+    def attend(self, x: Tensor) -> Tensor:
+        """Self-attention among the (B, h, w, C_l) tokens of each image (32-channel heads) -> (B, h, w, C_l)."""
         batch, height, width, dim = x.shape
-        qkv = _token_linear(x, self.qkv).reshape(batch, height * width, 3, self.num_heads, HEAD_DIM).permute(2, 0, 3, 1, 4)
+        qkv = (
+            _token_linear(x, self.qkv)
+            .reshape(batch, height * width, 3, self.num_heads, HEAD_DIM)
+            .permute(2, 0, 3, 1, 4)
+        )
         q, k, v = qkv.unbind(0)  # each (B, heads, N, 32)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
@@ -129,10 +137,10 @@ class LowFrequencyMixer(nn.Module):
 
 
 class InceptionMixer(nn.Module):
-    """The Inception token mixer (paper Sec. 3.2): high path on the first C_h channels, attention on the last C_l.
+    """The Inception token mixer (spec section 2.2): high path on the first C_h channels, attention on the last C_l.
 
     Output: proj(y + DWConv3x3(y)) with y = concat(conv branch, max-pool branch, attention) of F = 2*C_h + C_l
-    channels (paper Eq. 6-7; the code's concat order). `attention_heads` = C_l / 32; C_h = C - C_l may be 0.
+    channels (the official concat order). `attention_heads` = C_l / 32; C_h = C - C_l may be 0.
     """
 
     def __init__(
@@ -372,7 +380,7 @@ class InceptionTransformer(nn.Module):
 
     Args:
         attention_heads: per stage, the number of 32-channel attention heads of each block (the frequency ramp,
-            paper Sec. 3.3); C_l = 32 * heads go to the low path and C_h = C - C_l to the high path.
+            spec section 2.3); C_l = 32 * heads go to the low path and C_h = C - C_l to the high path.
         num_heads: per stage, C / 32; only used to check the widths (the head dim is fixed at 32).
         img_size: the size the position embeddings are built for (grids img_size / 4, 8, 16, 32); other input sizes
             interpolate them bilinearly at run time.
@@ -404,25 +412,35 @@ class InceptionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         num_stages = len(depths)
-        for name, value in (("embed_dims", embed_dims), ("num_heads", num_heads), ("attention_heads", attention_heads),
-                            ("layer_scale", layer_scale), ("pool_low", pool_low)):
+        for name, value in (
+            ("embed_dims", embed_dims),
+            ("num_heads", num_heads),
+            ("attention_heads", attention_heads),
+            ("layer_scale", layer_scale),
+            ("pool_low", pool_low),
+        ):
             if len(value) != num_stages:
-                raise ValueError(f"InceptionTransformer: {name} has {len(value)} entries, expected one per stage "
-                                 f"({num_stages})")
+                raise ValueError(
+                    f"InceptionTransformer: {name} has {len(value)} entries, expected one per stage ({num_stages})"
+                )
         for stage, (dim, heads, ramp, depth) in enumerate(zip(embed_dims, num_heads, attention_heads, depths)):
             if dim != heads * HEAD_DIM:
-                raise ValueError(f"InceptionTransformer: stage {stage + 1} width {dim} != num_heads {heads} x "
-                                 f"{HEAD_DIM}")
+                raise ValueError(
+                    f"InceptionTransformer: stage {stage + 1} width {dim} != num_heads {heads} x {HEAD_DIM}"
+                )
             if len(ramp) != depth:
-                raise ValueError(f"InceptionTransformer: attention_heads[{stage}] has {len(ramp)} entries, expected "
-                                 f"one per block ({depth})")
+                raise ValueError(
+                    f"InceptionTransformer: attention_heads[{stage}] has {len(ramp)} entries, expected "
+                    f"one per block ({depth})"
+                )
         if global_pool not in ("avg", ""):
             raise ValueError(f"InceptionTransformer: global_pool must be 'avg' or '', got {global_pool!r}")
         if mixer_mode == "attention_only":
             attention_heads = [(heads,) * depth for heads, depth in zip(num_heads, depths)]
         elif mixer_mode != "inception":
-            raise ValueError(f"InceptionTransformer: mixer_mode must be 'inception' or 'attention_only', got "
-                             f"{mixer_mode!r}")
+            raise ValueError(
+                f"InceptionTransformer: mixer_mode must be 'inception' or 'attention_only', got {mixer_mode!r}"
+            )
         self.mixer_mode = mixer_mode
         self.attention_heads = tuple(tuple(int(h) for h in ramp) for ramp in attention_heads)
         self.num_classes = num_classes
@@ -462,7 +480,7 @@ class InceptionTransformer(nn.Module):
                 )
             )
             self.feature_info.append(dict(num_chs=embed_dims[stage], reduction=4 * 2**stage, module=f"stages.{stage}"))
-        self.norm = norm_layer(embed_dims[-1])
+        self.norm: nn.Module = norm_layer(embed_dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
@@ -493,23 +511,26 @@ class InceptionTransformer(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for layer-wise lr decay: stem, then stages (coarse) or blocks (fine)."""
-        return dict(
-            stem=r"^stem|^pos_embed1$",
-            blocks=r"^stages\.(\d+)|^pos_embed(\d+)"
-            if coarse
-            else [
+        """Parameter groups for layer-wise lr decay: stem (with pos_embed1), then stages (coarse) or blocks (fine);
+        pos_embed{s+1} joins the downsampling layer of stage s, after which it is added."""
+        later_pos_embeds = range(1, len(self.stages))
+        blocks: list[tuple[str, tuple[int, ...] | None]]
+        if coarse:
+            blocks = [(r"^stages\.(\d+)", None), *[(rf"^pos_embed{s + 1}$", (s,)) for s in later_pos_embeds]]
+        else:
+            blocks = [
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
                 (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^pos_embed(\d+)", (0,)),
+                *[(rf"^pos_embed{s + 1}$", (s, 0)) for s in later_pos_embeds],
                 (r"^norm", (99999,)),
-            ],
-        )
+            ]
+        return dict(stem=r"^stem|^pos_embed1$", blocks=blocks)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
         for stage in self.stages:
+            assert isinstance(stage, IFormerStage)
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -529,11 +550,21 @@ class InceptionTransformer(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def _check_input(self, x: Tensor) -> None:
+        """Reject non-image inputs, and inputs whose stage 1-2 token maps would be odd, naming stage and sizes."""
         if x.ndim != 4:
             raise ValueError(
                 f"iFormer takes images shaped (B, C, H, W); got a {x.ndim}-D tensor of shape {tuple(x.shape)}"
                 + (" (video clips (B, C, T, H, W) need a video model such as DualFormer)" if x.ndim == 5 else "")
             )
+        height, width = x.shape[-2:]
+        for stage_index, stage in enumerate(self.stages):
+            height, width = -(-height // (4 if stage_index == 0 else 2)), -(-width // (4 if stage_index == 0 else 2))
+            if stage.pool_low and (height % 2 or width % 2):
+                raise ValueError(
+                    f"iFormer: a {x.shape[-2]}x{x.shape[-1]} (HxW) input gives stage {stage_index + 1} a {height}x"
+                    f"{width} token map, but stages 1-2 average-pool 2x2 for attention and need even sizes; use an "
+                    "input whose height and width are multiples of 16"
+                )
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) image -> (B, H/32, W/32, C4) final-normed tokens (channels-last, like the blocks)."""
@@ -754,7 +785,21 @@ _TEST = dict(
 )
 
 
+_OFFICIAL_WEIGHTS = "https://huggingface.co/sail/dl2/resolve/main/iformer/{variant}.pth"
+
+
 def _create_iformer(variant: str, pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not overlay.get("file") and not kwargs.get("pretrained_cfg"):
+        source = (
+            f"download the official {_OFFICIAL_WEIGHTS.format(variant=variant)}"
+            if variant.startswith("iformer_")
+            else "no official weights exist for this test variant; use a vitlab checkpoint"
+        )
+        raise ValueError(
+            f"{variant}: vitlab ships no weights and never downloads them; {source} and pass "
+            f"pretrained_cfg_overlay=dict(file='/path/to/{variant}.pth')"
+        )
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
         InceptionTransformer,
