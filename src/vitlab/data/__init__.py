@@ -11,6 +11,7 @@ from vitlab.data.digits import DigitsSplit, load_digits_split
 from vitlab.data.glyphs import GLYPH_CLASSES, GLYPH_FONTS, TEST_FONTS, GlyphDataset, fewshot_classes, render_glyph
 from vitlab.data.image_folder import ImageFolderDataset
 from vitlab.data.transforms import TrainTransform, build_mixup
+from vitlab.data import video_sets as video_sets  # noqa: E402,F401  (registers moving_digits, video_folder)
 
 __all__ = [
     "GLYPH_CLASSES",

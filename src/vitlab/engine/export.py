@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vitlab.engine.checkpoint import CheckpointError, atomic_write_bytes, load_method
-from vitlab.models.classifier import ImageClassifier
+from vitlab.models.classifier import ImageClassifier, InputNormalize
 
 
 def export_safetensors(ckpt_path: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -30,8 +30,8 @@ def export_safetensors(ckpt_path: str | Path, out_dir: str | Path | None = None)
     out.mkdir(parents=True, exist_ok=True)
     backbone = model.model
     norm = model.normalize
-    mean = norm.mean.tolist() if hasattr(norm, "mean") else [0.0] * info["channels"]
-    std = norm.std.tolist() if hasattr(norm, "std") else [1.0] * info["channels"]
+    mean = norm.mean.tolist() if isinstance(norm, InputNormalize) else [0.0] * info["channels"]
+    std = norm.std.tolist() if isinstance(norm, InputNormalize) else [1.0] * info["channels"]
     model_args: dict[str, Any] = dict(cfg.model.kwargs)
     model_args.update(num_classes=model.num_classes, in_chans=info["channels"])
     if "img_size" in _init_args(backbone):

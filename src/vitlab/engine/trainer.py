@@ -274,8 +274,8 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
             metrics = method.evaluate(eval_loaders, fabric, model=model)
         method.train()
         logger.metrics(step, epoch, "eval", metrics)
-        logger.info(f"epoch {epoch} step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                                   if np.isscalar(v)))
+        logger.info(f"epoch {epoch} step {step}: " + "  ".join(f"{k} {float(v):.4f}" for k, v in metrics.items()
+                                                                   if isinstance(v, (int, float))))
         return metrics
 
     # ---- the loop -------------------------------------------------------------------------------------------------

@@ -147,7 +147,8 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float, decay_pos_e
         if not isinstance(nxt, nn.Module):
             break
         inner = nxt
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -9,6 +9,7 @@ contract: ``forward_features`` -> (B, C, H, W), ``forward_head(pre_logits=)``, `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -237,7 +238,7 @@ class DMWideResNet(_HeadMixin, nn.Module):
 
 
 class _BlockGroup(nn.Module):
-    def __init__(self, blocks: list[nn.Module]) -> None:
+    def __init__(self, blocks: Sequence[nn.Module]) -> None:
         super().__init__()
         self.block = nn.Sequential(*blocks)
 
@@ -261,8 +262,9 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     ResNet-18, ``logits.`` in DMWideResNet) to ``fc.``, and drops in-model ``mean``/``std`` buffers.
     """
     for key in ("model_state_dict", "state_dict", "model"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
+        inner: Any = state_dict.get(key)
+        if isinstance(inner, dict):
+            state_dict = inner
     out: dict[str, Tensor] = {}
     for name, value in state_dict.items():
         for prefix in ("module.", "model."):

@@ -1,0 +1,228 @@
+"""Mugs benchmarks (specs/mugs.md §6).
+
+``speed`` (default): training-step time and peak memory of Mugs (IDS + LGDS + GDS) against GDS-only (DINO-equivalent)
+for the same backbone and batch, in the same run.
+
+``accuracy``: the small-scale plan on digits or glyphs: Mugs and GDS-only pretraining over several seeds, plus the
+random-init backbone, a supervised reference and raw pixels, all scored by the same k-NN and linear probe.
+
+    python benchmarks/bench_mugs.py speed --batch 32
+    python benchmarks/bench_mugs.py accuracy --data digits --seeds 0 1 2 --out runs/mugs_bench/digits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from vitlab.config import load_config
+from vitlab.engine.trainer import data_info_from, train
+from vitlab.evaluation.knn import extract_features, knn_accuracy
+from vitlab.evaluation.linear_probe import last_blocks_features, linear_probe_accuracy
+from vitlab.methods.base import Progress
+from vitlab.methods.mugs import Mugs
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "mugs" / "vit_tiny_digits.yaml"
+GLYPHS_RECIPE = ROOT / "recipes" / "mugs" / "vit_tiny_glyphs.yaml"
+GDS_ONLY = "method.loss_weights=[0,0,1]"
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def step_time(overrides: list[str], batch: int, steps: int, warmup: int) -> dict[str, float]:
+    """Seconds per training step (forward, backward, AdamW, EMA) on one fixed multi-crop batch; memory after it."""
+    cfg = load_config(RECIPE, [f"data.batch_size={batch}", *overrides])
+    datasets = Mugs.build_datasets(cfg)
+    torch.manual_seed(0)
+    method = Mugs(cfg, data_info_from(cfg, datasets["train"]))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    method.to(device).train()
+    optimizer = method.configure_optimizers()["main"]
+    batch_items = default_collate([datasets["train"][i] for i in range(batch)])
+    batch_items = {k: v.to(device) for k, v in batch_items.items()}
+    progress = Progress(0, 5, 100, 10, {"lr": 1e-4, "weight_decay": 0.04, "teacher_temp": 0.05,
+                                        "teacher_momentum": 0.99})
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = method(batch_items, progress)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        method.on_optimizer_step(progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    params = sum(p.numel() for p in method.student.parameters())
+    # Peak memory: CUDA's allocator peak on a GPU; on the CPU the process's peak RSS (cumulative over the run, so the
+    # second configuration's figure includes the first's) and, exactly, the bytes of weights, buffers and AdamW state.
+    memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mib()
+    state = [*method.parameters(), *method.buffers(),
+             *[v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]]
+    state_mib = sum(t.numel() * t.element_size() for t in state) / 2**20
+    return {"step_s": statistics.median(times), "step_s_min": min(times), "student_params": params,
+            "peak_memory_mib": memory, "state_mib": state_mib, "device": str(device)}
+
+
+def run_speed(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    extra = list(args.set)
+    results = {"gds_only": step_time([GDS_ONLY, *extra], args.batch, args.steps, args.warmup),
+               "mugs": step_time(extra, args.batch, args.steps, args.warmup)}
+    results["mugs_over_gds_time"] = results["mugs"]["step_s"] / results["gds_only"]["step_s"]
+    return results
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}  # type: ignore[dict-item]
+
+
+def _scores(method: Mugs) -> dict[str, float]:
+    loaders = {k: DataLoader(ds, batch_size=512) for k, ds in Mugs.eval_datasets(method.cfg).items()}
+    with torch.no_grad():
+        return method.eval().evaluate(loaders, None)
+
+
+def _backbone_scores(model: torch.nn.Module, cfg: Any) -> dict[str, float]:
+    """The Mugs k-NN and probe protocol on any classifier's features (supervised reference, raw pixels)."""
+    ecfg = cfg.method.eval
+    loaders = {k: DataLoader(ds, batch_size=512) for k, ds in Mugs.eval_datasets(cfg).items()}
+    embed = getattr(model, "embed", model)
+    with torch.no_grad():
+        train_f, train_y = extract_features(embed, loaders["knn_train"])
+        test_f, test_y = extract_features(embed, loaders["knn_test"])
+        classes = int(max(train_y.max(), test_y.max())) + 1
+        knn = knn_accuracy(train_f, train_y, test_f, test_y, classes, [20], ecfg.knn_temperature)[20]
+
+        def probe_fn(x: torch.Tensor) -> torch.Tensor:
+            return last_blocks_features(model, x, ecfg.probe_last_blocks, ecfg.probe_avgpool)
+
+        train_f, train_y = extract_features(probe_fn, loaders["probe_train"])
+        test_f, test_y = extract_features(probe_fn, loaders["probe_test"])
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    probe = linear_probe_accuracy(train_f, train_y, test_f, test_y, classes, ecfg.probe_epochs, ecfg.probe_lr,
+                                  ecfg.probe_batch_size, seed=cfg.train.seed, standardize=ecfg.probe_standardize)
+    return {"knn_top1": knn, "probe_top1": probe}
+
+
+class _Pixels(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    recipe = GLYPHS_RECIPE if args.data == "glyphs" else RECIPE
+    out_path = Path(args.out)
+    results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results.setdefault("runs", {})
+
+    def save() -> None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2))
+
+    base = [f"out_dir={out_path.parent / args.data}", "train.progress=false", *args.set]
+    if args.rescore:  # score the trained checkpoints again with the recipe's current evaluation settings
+        from vitlab.engine.checkpoint import load_method
+
+        for key in [k for k in results["runs"] if k.split("/")[0] in ("random_init", "raw_pixels", "supervised")]:
+            del results["runs"][key]
+        for key in list(results["runs"]):
+            label, seed = key.split("/")
+            recipe_cfg = load_config(recipe, [*base, f"train.seed={seed[4:]}"])
+            method, _ = load_method(Path(base[0].split("=", 1)[1]) / f"{label}_s{seed[4:]}" / "last.ckpt")
+            method.mcfg.eval = recipe_cfg.method.eval  # type: ignore[attr-defined]
+            results["runs"][key] = {**_scores(method), "train_s": results["runs"][key].get("train_s", 0.0)}
+            print("rescored", key, results["runs"][key], flush=True)
+        save()
+    for seed in args.seeds:
+        for label, extra in (("mugs", []), ("gds_only", [GDS_ONLY])):
+            key = f"{label}/seed{seed}"
+            if key in results["runs"]:
+                continue
+            cfg = load_config(recipe, [*base, f"name={label}_s{seed}", f"train.seed={seed}", *extra])
+            start = time.time()
+            metrics = train(cfg, overwrite=True)
+            results["runs"][key] = {**metrics, "train_s": time.time() - start}
+            save()
+            print(key, results["runs"][key], flush=True)
+        key = f"random_init/seed{seed}"
+        if key not in results["runs"]:
+            cfg = load_config(recipe, [*base, f"train.seed={seed}"])
+            torch.manual_seed(seed)
+            datasets = Mugs.build_datasets(cfg)
+            results["runs"][key] = _scores(Mugs(cfg, data_info_from(cfg, datasets["train"])))
+            save()
+        key = f"supervised/seed{seed}"
+        if args.supervised and key not in results["runs"]:
+            mugs_cfg = load_config(recipe, [*base, f"train.seed={seed}"])
+            plain = [o for o in base if not o.startswith("method.")]
+            sup = load_config(None, [*plain, f"name=supervised_s{seed}", f"train.seed={seed}", "method.name=supervised",
+                                     f"data.name={mugs_cfg.data.name}", f"data.img_size={mugs_cfg.data.img_size}",
+                                     f"data.channels={mugs_cfg.data.channels}",
+                                     f"data.batch_size={mugs_cfg.data.batch_size}",
+                                     *(["data.train_per_class=" + str(mugs_cfg.data.train_per_class)]
+                                       if mugs_cfg.data.train_per_class else []),
+                                     f"model.name={mugs_cfg.model.name}",
+                                     *[f"model.kwargs.{k}={v}" for k, v in mugs_cfg.model.kwargs.items()],
+                                     f"optim.lr={2 * mugs_cfg.optim.lr}", f"train.epochs={mugs_cfg.train.epochs}",
+                                     f"train.eval_every={mugs_cfg.train.epochs}", "optim.weight_decay=0.05"])
+            train(sup, overwrite=True)
+            from vitlab.engine.checkpoint import load_eval_model
+
+            model = load_eval_model(sup.run_dir / "last.ckpt")
+            results["runs"][key] = _backbone_scores(model, mugs_cfg)
+            save()
+    if "raw_pixels" not in results["runs"]:
+        cfg = load_config(recipe, base)
+        results["runs"]["raw_pixels"] = _backbone_scores(_Pixels(), cfg)
+    summary: dict[str, Any] = {}
+    for label in ("mugs", "gds_only", "random_init", "supervised"):
+        rows = [v for k, v in results["runs"].items() if k.startswith(label + "/")]
+        if rows:
+            summary[label] = {m: _mean_std([r[m] for r in rows]) for m in ("knn_top1", "probe_top1")}
+    summary["raw_pixels"] = results["runs"]["raw_pixels"]
+    results["summary"] = summary
+    save()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", default="speed", choices=("speed", "accuracy"))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", default="digits", choices=("digits", "glyphs"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--supervised", action="store_true", help="also train the supervised reference")
+    parser.add_argument("--rescore", action="store_true", help="evaluate the trained checkpoints of --out again")
+    parser.add_argument("--out", default="runs/mugs_bench/digits.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
+    args = parser.parse_args(argv)
+    results = run_speed(args) if args.mode == "speed" else run_accuracy(args)
+    print(json.dumps(results.get("summary", results), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

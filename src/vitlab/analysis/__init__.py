@@ -1,0 +1,1 @@
+"""Analysis of trained models: frequency response and feature spectra (``vitlab analyze``)."""

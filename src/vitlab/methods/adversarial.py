@@ -1,0 +1,275 @@
+"""Adversarial training: PGD-AT (Madry et al., 2018), TRADES (Zhang et al., 2019) and SCORE (Pang et al., 2022,
+"Robustness and Accuracy Could Be Reconcilable by (Proper) Definition").
+
+SCORE is TRADES with the KL divergence replaced by the squared Euclidean distance between softmax outputs, in the
+natural term, the robust term and the inner maximisation (vitlab spec ``score.md`` §2). The three methods share one
+class; their configs differ only in defaults. BN handling during the attack is explicit (``attack_mode``):
+
+* ``train_frozen_bn`` — SCORE's DDPM code: train mode, BN normalises with batch statistics, running buffers frozen;
+* ``eval`` — SCORE's ``without_DDPM`` TRADES attack (``model.eval()``);
+* ``train`` — SCORE's ``without_DDPM`` PGD-AT attack (train mode, the attack passes update BN buffers).
+
+The outer forward passes always run in train mode with BN tracking on. Weight averaging is the engine's model EMA
+(``ema.enabled``); :meth:`AdversarialTraining.schedules` exposes SCORE's EMA decay schedule as ``ema_decay``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vitlab.attacks.pgd import pgd, se_onehot_loss, trades_perturb
+from vitlab.attacks.threat import ATTACK_MODES, check_norm, parse_eps
+from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.losses.robust import check_distance_name, pgd_at_loss, probability_distance, trades_loss
+from vitlab.methods.base import DataInfo, Method, Progress, register_method
+from vitlab.models.classifier import build_classifier
+
+
+@dataclass
+class AdversarialConfig(MethodConfig):
+    """Hyper-parameters shared by ``pgd_at``, ``trades`` and ``score`` (SCORE's flags in brackets)."""
+
+    name: str = "trades"
+    eps: str = "8/255"  # attack budget, a number or a fraction [--epsilon]
+    step_size: str = "2/255"  # PGD step α [--pgd-alpha]
+    steps: int = 10  # inner-maximisation steps [--attack-iters]
+    norm: str = "Linf"  # Linf | L2
+    attack_mode: str = "train_frozen_bn"  # eval | train_frozen_bn | train: how BN runs during the attack
+    attack_start: str = "uniform"  # uniform: x + U(-eps, eps) (DDPM code) | normal: x + 0.001 N(0, 1) (without_DDPM)
+    beta: float = 6.0  # weight of the robust term (TRADES lambda) [--beta / --TRADESlambda]
+    # kl (TRADES; PGD-AT with CE) | se (SCORE) | js | js_sqrt | l1_square | kl_sqrt | rkl_sqrt | p=<r>
+    distance: str = "kl"
+    label_smoothing: float = 0.0  # SCORE's convention: 1 - ls on the label, ls/(K-1) elsewhere [--ls]
+    clip_value: float = 0.0  # DDPM code: robust term relu(D - clip_value) [--clip_value]
+    clip_loss: float = 0.0  # without_DDPM code: relu(loss - c^2 K/(K-1)) [--clip_loss]
+    clip_clean: bool = True  # clip_loss applies to the total loss (False: robust term only) [not --not_clip_clean]
+    extra_data: str | None = None  # .npz with "image" (N,H,W,C uint8 or N,C,H,W float in [0,1]) and "label"
+    extra_fraction: float = 0.0  # fraction of every batch drawn from extra_data (0.7 in SCORE) [--unsup-fraction]
+    # constant: ema.decay | score: 0 for the first 2.5% of steps, then min(decay, (1+t)/(10+t))
+    ema_schedule: str = "constant"
+    eval_pgd_steps: int = 20  # PGD steps of the robust accuracy measured at each evaluation (0: off)
+
+    def validate(self) -> None:
+        for key in ("eps", "step_size"):
+            try:
+                parse_eps(getattr(self, key))
+            except ValueError as exc:
+                raise ConfigError(f"method.{key}: {exc}") from None
+        try:
+            check_norm(self.norm)
+            check_distance_name(self.distance)
+        except ValueError as exc:
+            raise ConfigError(f"method.{'distance' if 'distance' in str(exc) else 'norm'}: {exc}") from None
+        if self.steps < 1:
+            raise ConfigError(f"method.steps: got {self.steps}, expected an integer >= 1")
+        if self.attack_mode not in ATTACK_MODES:
+            raise ConfigError(f"method.attack_mode: got {self.attack_mode!r}, expected one of "
+                              f"{', '.join(ATTACK_MODES)}")
+        if self.attack_start not in ("uniform", "normal"):
+            raise ConfigError(f"method.attack_start: got {self.attack_start!r}, expected uniform or normal")
+        if self.beta < 0:
+            raise ConfigError(f"method.beta: got {self.beta}, expected a weight >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
+        if self.clip_value < 0 or not 0.0 <= self.clip_loss < 1.0:
+            raise ConfigError(f"method.clip_value / clip_loss: got {self.clip_value} / {self.clip_loss}, expected "
+                              "clip_value >= 0 and clip_loss in [0, 1)")
+        if not 0.0 <= self.extra_fraction < 1.0:
+            raise ConfigError(f"method.extra_fraction: got {self.extra_fraction}, expected a fraction in [0, 1)")
+        if self.extra_fraction > 0 and not self.extra_data:
+            raise ConfigError("method.extra_fraction: > 0 needs method.extra_data (an .npz with image and label)")
+        if self.ema_schedule not in ("constant", "score"):
+            raise ConfigError(f"method.ema_schedule: got {self.ema_schedule!r}, expected constant or score")
+        if self.eval_pgd_steps < 0:
+            raise ConfigError(f"method.eval_pgd_steps: got {self.eval_pgd_steps}, expected >= 0")
+
+
+@dataclass
+class PGDATConfig(AdversarialConfig):
+    name: str = "pgd_at"
+    attack_mode: str = "eval"
+
+
+@dataclass
+class TRADESConfig(AdversarialConfig):
+    name: str = "trades"
+
+
+@dataclass
+class SCOREConfig(AdversarialConfig):
+    name: str = "score"
+    distance: str = "se"
+    beta: float = 4.0  # README example; SCORE's released checkpoints use 3.0
+
+
+def score_ema_decay(total_steps: int, decay: float, warmup_fraction: float = 0.025) -> np.ndarray:
+    """SCORE's weight-averaging decay per update step t (``watrain.py``): 0 while t < 2.5% of all steps (the average
+    tracks the model), then min(decay, (1 + t)/(10 + t)). -> (total_steps,)."""
+    t = np.arange(total_steps, dtype=float)
+    out = np.minimum(decay, (1.0 + t) / (10.0 + t))
+    out[t < warmup_fraction * total_steps] = 0.0
+    return out
+
+
+def load_extra_data(path: str) -> tuple[Tensor, Tensor]:
+    """Images (N, C, H, W) float in [0, 1] and labels (N,) from an .npz with keys ``image`` and ``label``."""
+    try:
+        with np.load(path) as data:
+            images, labels = data["image"], data["label"]
+    except FileNotFoundError:
+        raise ConfigError(f"method.extra_data: {path} not found (an .npz with keys image and label)") from None
+    except KeyError as exc:
+        raise ConfigError(f"method.extra_data: {path} lacks key {exc} (expected image and label)") from None
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.dim() != 4 or x.min() < 0 or x.max() > 1:
+        raise ConfigError(f"method.extra_data: {path} images must be (N,H,W,C) uint8 or (N,C,H,W) floats in [0, 1]")
+    return x.float().contiguous(), torch.from_numpy(np.asarray(labels)).long()
+
+
+class AdversarialTraining(Method):
+    """TRADES-style (``trades``, ``score``) or PGD-AT (``pgd_at``) training of one classifier."""
+
+    config_class = AdversarialConfig
+    kind = "trades"
+
+    def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
+        super().__init__(cfg, data)
+        mcfg = cfg.method
+        assert isinstance(mcfg, AdversarialConfig)
+        self.mcfg = mcfg
+        self.eps = parse_eps(mcfg.eps)
+        self.step_size = parse_eps(mcfg.step_size)
+        self.norm = check_norm(mcfg.norm)
+        self.model = build_classifier(cfg.model, data.num_classes, data.channels, data.img_size, data.mean, data.std)
+        self.extra: tuple[Tensor, Tensor] | None = None
+        if mcfg.extra_fraction > 0 and mcfg.extra_data:
+            self.extra = load_extra_data(mcfg.extra_data)
+
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        if self.mcfg.ema_schedule == "score":
+            return {"ema_decay": score_ema_decay(total_steps, self.cfg.ema.decay)}
+        return {}
+
+    # ---- pieces ---------------------------------------------------------------------------------------------------
+    def mix_extra(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Append extra (generated) images so that they make ``extra_fraction`` of the batch (SCORE's semisup data).
+
+        The extra images get the recipe's pad-and-crop and flip, drawn from the global generator.
+        """
+        if self.extra is None or not self.training:
+            return x, y
+        images, labels = self.extra
+        n_extra = int(round(x.shape[0] * self.mcfg.extra_fraction / (1.0 - self.mcfg.extra_fraction)))
+        idx = torch.randint(0, images.shape[0], (n_extra,))
+        xe = images[idx].to(x.device, x.dtype)
+        aug = self.cfg.data.aug
+        if aug.random_crop_padding > 0:
+            pad = aug.random_crop_padding
+            padded = torch.nn.functional.pad(xe, (pad,) * 4)
+            dy, dx = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+            xe = padded[..., dy:dy + xe.shape[-2], dx:dx + xe.shape[-1]]
+        if aug.hflip > 0:
+            flip = torch.rand(n_extra) < aug.hflip
+            xe[flip.to(x.device)] = xe[flip.to(x.device)].flip(-1)
+        return torch.cat([x, xe]), torch.cat([y, labels[idx].to(y.device)])
+
+    def perturb(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The inner maximisation; returns x̃ and (for TRADES/SCORE) the detached clean softmax it was built against."""
+        m = self.mcfg
+        if self.kind == "pgd_at":
+            loss: Any = "ce" if m.distance == "kl" else (se_onehot_loss if m.distance == "se" else
+                                                         _onehot_distance(m.distance))
+            x_adv = pgd(self.model, x, y, eps=self.eps, norm=self.norm, steps=m.steps, step_size=self.step_size,
+                        loss=loss, random_init=True, mode=m.attack_mode, check_inputs=False)
+            return x_adv, None
+        from vitlab.attacks.threat import model_mode
+
+        with torch.no_grad(), model_mode(self.model, m.attack_mode):
+            p_clean = self.model(x).softmax(dim=1)
+        distance = _attack_distance(m.distance)
+        x_adv = trades_perturb(self.model, x, p_clean, distance, eps=self.eps, norm=self.norm, steps=m.steps,
+                               step_size=self.step_size if self.norm == "Linf" else None, start=m.attack_start,
+                               mode=m.attack_mode)
+        return x_adv, p_clean
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
+        x, y = self.mix_extra(batch["image"], batch["label"])
+        m = self.mcfg
+        x_adv, _ = self.perturb(x, y)
+        if self.kind == "pgd_at":
+            logits_adv = self.model(x_adv)
+            loss = pgd_at_loss(logits_adv, y, distance=m.distance, label_smoothing=m.label_smoothing,
+                               clip_loss=m.clip_loss)
+            with torch.no_grad():
+                out = {"adv_acc": (logits_adv.argmax(1) == y).float().mean()}
+            out["loss"] = loss
+            return out
+        # two separate outer passes, as in the reference: BN statistics see the clean and the adversarial batch
+        logits_clean = self.model(x)
+        logits_adv = self.model(x_adv)
+        loss, terms = trades_loss(logits_clean, logits_adv, y, m.beta, distance=m.distance,
+                                  label_smoothing=m.label_smoothing, clip_value=m.clip_value, clip_loss=m.clip_loss,
+                                  clip_clean=m.clip_clean)
+        with torch.no_grad():
+            out = {"natural": terms["natural"], "robust": terms["robust"],
+                   "acc": (logits_clean.argmax(1) == y).float().mean(),
+                   "adv_acc": (logits_adv.argmax(1) == y).float().mean()}
+        out["loss"] = loss
+        return out
+
+    # ---- evaluation -----------------------------------------------------------------------------------------------
+    def evaluate(self, loaders: Any, fabric: Any, model: nn.Module | None = None) -> dict[str, float]:
+        """Clean top-1 (the base class's metrics) plus ``robust_pgd``: accuracy under PGD-``eval_pgd_steps`` (CE,
+        step ε/4, seed 0) on the test split at the training budget."""
+        metrics = super().evaluate(loaders, fabric, model)
+        if self.mcfg.eval_pgd_steps > 0:
+            from vitlab.evaluation.robust import robust_accuracy_pgd
+
+            net = model if model is not None else self.eval_model()
+            metrics["robust_pgd"] = robust_accuracy_pgd(net, loaders["test"], eps=self.eps, norm=self.norm,
+                                                        steps=self.mcfg.eval_pgd_steps, seed=0)
+        return metrics
+
+
+def _attack_distance(name: str) -> Any:
+    """The inner-maximisation objective D(p_adv, p_clean) -> (B,) for a training distance."""
+    return lambda p_adv, p_clean: probability_distance(p_adv, p_clean, name)
+
+
+def _onehot_distance(name: str) -> Any:
+    def loss(logits: Tensor, labels: Tensor) -> Tensor:
+        target = torch.nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype)
+        return probability_distance(logits.softmax(dim=1), target, name)
+
+    return loss
+
+
+@register_method("pgd_at")
+class PGDAT(AdversarialTraining):
+    config_class = PGDATConfig
+    kind = "pgd_at"
+
+
+@register_method("trades")
+class TRADES(AdversarialTraining):
+    config_class = TRADESConfig
+    kind = "trades"
+
+
+@register_method("score")
+class SCORE(AdversarialTraining):
+    config_class = SCOREConfig
+    kind = "score"
