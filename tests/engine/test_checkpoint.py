@@ -56,3 +56,20 @@ def test_rng_state_round_trip_through_weights_only(tmp_path: Path) -> None:
     atomic_torch_save({"format": "vitlab-ckpt", "rng": state}, tmp_path / "r.ckpt")
     restore_rng_state(load_checkpoint(tmp_path / "r.ckpt")["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_ema_matches_loop_and_takes_a_per_step_decay() -> None:
+    from vitlab.engine.ema import ModelEma
+
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEma(model, decay=0.9)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    for e, s, p in zip(ema.module.parameters(), start, model.parameters()):
+        torch.testing.assert_close(e, 0.9 * s + 0.1 * p)
+    ema.update(model, decay=0.0)  # a scheduled decay of 0 copies the weights
+    for e, p in zip(ema.module.parameters(), model.parameters()):
+        torch.testing.assert_close(e, p)

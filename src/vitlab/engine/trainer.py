@@ -106,8 +106,10 @@ def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: fl
 class _FabricStepHelper:
     """Backward and step for manual-optimisation methods, through Fabric (precision, DDP)."""
 
-    def __init__(self, fabric: Any, module: nn.Module, clip_grad: float | None) -> None:
+    def __init__(self, fabric: Any, module: nn.Module, clip_grad: float | None,
+                 optimizers: dict[str, torch.optim.Optimizer]) -> None:
         self.fabric, self.module, self.clip_grad = fabric, module, clip_grad
+        self.optimizers = optimizers  # the Fabric-wrapped optimizers, by the names configure_optimizers gave them
 
     def backward(self, loss: Tensor, model: nn.Module | None = None) -> None:
         self.fabric.backward(loss, model=model if model is not None else self.module)
@@ -250,7 +252,7 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
                 + (f", from step {step}" if ckpt else ""))
 
     monitor, larger_is_better = method.monitor
-    helper = _FabricStepHelper(fabric, module, cfg.optim.clip_grad)
+    helper = _FabricStepHelper(fabric, module, cfg.optim.clip_grad, optimizers)
     max_steps = cfg.train.max_steps if cfg.train.max_steps is not None else total_steps
 
     def save(path_name: str, epoch: int, batch_in_epoch: int) -> None:
@@ -321,7 +323,8 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
                 # per-step updates: the method's own (EMA teachers, momentum), then the weight EMA
                 method.on_optimizer_step(progress)
                 if ema is not None:
-                    ema.update(method.eval_model())
+                    # a method may schedule the EMA decay per step (e.g. SCORE's warm-up of the average)
+                    ema.update(method.eval_model(), progress.values.get("ema_decay"))
                 step += 1
                 n_window += len(batch["label"]) * accum if isinstance(batch, Mapping) and "label" in batch else 0
                 for k, v in _to_float_dict(out).items():

@@ -55,7 +55,13 @@ class Progress:
 
 
 class StepHelper(Protocol):
-    """What the engine lends a manual-optimisation method: precision- and DDP-aware backward and step."""
+    """What the engine lends a manual-optimisation method: precision- and DDP-aware backward and step.
+
+    ``optimizers`` holds the engine-wrapped optimizers (by the names :meth:`Method.configure_optimizers` returned);
+    step those, so mixed-precision gradient scaling is applied.
+    """
+
+    optimizers: dict[str, torch.optim.Optimizer]
 
     def backward(self, loss: Tensor, model: nn.Module | None = None) -> None: ...
 
