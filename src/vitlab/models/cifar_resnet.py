@@ -279,11 +279,42 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     return out
 
 
-def _create(cls: type[nn.Module], pretrained: bool, **kwargs: Any) -> nn.Module:
+class _StageFeatures(nn.Module):
+    """``features_only=True``: the output of every stage listed in ``feature_info`` (B, C_s, H_s, W_s)."""
+
+    def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
+        super().__init__()
+        from timm.models._features import FeatureInfo
+
+        indices = tuple(out_indices) if out_indices is not None else tuple(range(len(model.feature_info)))
+        self.model = model
+        self.feature_info = FeatureInfo(model.feature_info, indices)
+        self._modules_out = [model.get_submodule(model.feature_info[i]["module"]) for i in indices]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outputs: list[Tensor] = []
+        handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in self._modules_out]
+        try:
+            self.model.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return outputs
+
+
+def _create(cls: type[nn.Module], pretrained: bool, first_conv: str = "conv1", **kwargs: Any) -> nn.Module:
     if pretrained:
         raise ValueError(f"{cls.__name__}: no weights download (vitlab is offline); load a state dict with "
                          "`vitlab attack --weights PATH` or torch.load + checkpoint_filter_fn")
-    return cls(**kwargs)
+    features_only = bool(kwargs.pop("features_only", False))
+    out_indices = kwargs.pop("out_indices", None)
+    model = cls(**kwargs)
+    # These models take [0, 1] inputs unnormalised (the reference CIFAR-10 checkpoints were trained that way).
+    cfg = {"input_size": (kwargs.get("in_chans", 3), 32, 32), "num_classes": model.num_classes,
+           "mean": (0.0,) * kwargs.get("in_chans", 3), "std": (1.0,) * kwargs.get("in_chans", 3),
+           "first_conv": first_conv, "classifier": "fc", "crop_pct": 1.0, "interpolation": "bilinear"}
+    model.pretrained_cfg = model.default_cfg = cfg
+    return _StageFeatures(model, out_indices) if features_only else model
 
 
 @register_vitlab_model
@@ -307,7 +338,7 @@ def preact_resnet_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 @register_vitlab_model
 def dm_wrn28_10(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """DeepMind WideResNet-28-10 with Swish (SCORE / Pang2022Robustness_WRN28_10), 36.48M parameters."""
-    return _create(DMWideResNet, pretrained, depth=28, width=10, **kwargs)
+    return _create(DMWideResNet, pretrained, first_conv="init_conv", depth=28, width=10, **kwargs)
 
 
 @register_vitlab_model
