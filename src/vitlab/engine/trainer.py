@@ -194,6 +194,9 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     fabric.barrier()
     if fabric.local_rank != 0:
         datasets = method_cls.build_datasets(cfg)
+    if "train" not in datasets:
+        raise ConfigError(f"method.name: {cfg.method.name!r} has no training set (it is evaluated, not trained: "
+                          "use `vitlab eval --ckpt`)")
     info = data_info_from(cfg, datasets["train"])
     seed_everything(cfg.train.seed)  # identical initial weights in every process and for every world size
     method: Method = build_method(cfg, info)

@@ -39,7 +39,8 @@ def evaluate_classifier(model: nn.Module, loader: Any, fabric: Any | None, num_c
     """
     was_training = model.training
     model.eval()
-    device = fabric.device if fabric is not None else next(model.parameters()).device
+    first = next(model.parameters(), None)  # int8 models have no float parameters: they run on the CPU
+    device = fabric.device if fabric is not None else (first.device if first is not None else torch.device("cpu"))
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # n, top1, top5, loss sum
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     for batch in loader:
