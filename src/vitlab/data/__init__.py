@@ -4,6 +4,7 @@
 docs/data.md for the sets, the layouts of user data and the cache.
 """
 
+from vitlab.data import video_sets as video_sets  # noqa: E402,F401  (registers moving_digits, video_folder)
 from vitlab.data.build import build_dataset, dataset_names, register_dataset
 from vitlab.data.cache import cache_dir
 from vitlab.data.dataset import DataError, TensorImageDataset, channel_stats, keep_first_per_class
@@ -11,7 +12,6 @@ from vitlab.data.digits import DigitsSplit, load_digits_split
 from vitlab.data.glyphs import GLYPH_CLASSES, GLYPH_FONTS, TEST_FONTS, GlyphDataset, fewshot_classes, render_glyph
 from vitlab.data.image_folder import ImageFolderDataset
 from vitlab.data.transforms import TrainTransform, build_mixup
-from vitlab.data import video_sets as video_sets  # noqa: E402,F401  (registers moving_digits, video_folder)
 
 __all__ = [
     "GLYPH_CLASSES",

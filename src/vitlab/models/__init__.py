@@ -21,8 +21,8 @@ def register_vitlab_model(fn: _F) -> _F:
 def list_vitlab_models(pattern: str = "*") -> list[str]:
     """Names of the registered vitlab models matching a shell-style pattern, sorted."""
     return sorted(name for name in _VITLAB_MODELS if fnmatch.fnmatch(name, pattern))
-from vitlab.models import iformer as iformer  # noqa: E402,F401
-from vitlab.models import dualformer as dualformer  # noqa: E402,F401
 from vitlab.models import cifar_resnet as cifar_resnet  # noqa: E402,F401
+from vitlab.models import dualformer as dualformer  # noqa: E402,F401
 from vitlab.models import frame_average as frame_average  # noqa: E402,F401
+from vitlab.models import iformer as iformer  # noqa: E402,F401
 from vitlab.quant import models as quant_models  # noqa: E402,F401
