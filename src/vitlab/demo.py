@@ -110,8 +110,8 @@ def _iformer(folder: Path, quick: bool) -> str:
         flops = model_info(cfg.model.name, img_size=32, num_classes=trained.num_classes, **cfg.model.kwargs)["flops"]
         rows.append(f"| {label} | {params / 1e6:.2f} M | {flops / 1e6:.1f} M | {cfg.train.epochs} | "
                     f"{metrics['top1']:.2f} | {time.time() - t0:.0f} |")
-    return ("Both trained identically on glyphs (136 classes, test fonts unseen in training); a short run: the "
-            "30-epoch, 3-seed comparison is in docs/iformer.md.\n\n"
+    return ("Both trained identically on glyphs (136 classes, test fonts unseen in training); a short run: the 3-seed "
+            "comparison is in docs/iformer.md.\n\n"
             "| model | params | FLOPs (32x32) | epochs | test top-1 (%) | time (s) |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
 
