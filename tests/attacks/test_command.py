@@ -37,3 +37,17 @@ def test_unknown_attack_exits_2():
     with pytest.raises(SystemExit) as exc:
         main(["attack", "--model", "cifar_resnet18", "--weights", WEIGHTS, "--attack", "deepfool"])
     assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_standard_autoattack_reference_on_pretrained_resnet18(tmp_path, capsys):
+    """The full standard cascade through the official code (pyautoattack) on the 20 real CIFAR-10 images (~90 s)."""
+    out = tmp_path / "aa.json"
+    code = main(["attack", "--model", "cifar_resnet18", "--weights", WEIGHTS, "--data", "foolbox-cifar10",
+                 "--attack", "autoattack", "--version", "standard", "--backend", "reference", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["clean_accuracy"] == 1.0
+    assert report["robust_accuracy"] == 0.0
+    assert report["max_perturbation"] <= 8 / 255 + 1e-6
+    assert "robust after apgd-ce" in capsys.readouterr().out

@@ -51,7 +51,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    _atomic_write(path, lambda f: f.write(data))  # type: ignore[func-returns-value]
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    _atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from timm.models import register_model
 
@@ -15,7 +15,7 @@ _VITLAB_MODELS: list[str] = []
 def register_vitlab_model(fn: _F) -> _F:
     """timm's ``@register_model``, also recording the name as a vitlab model (for ``vitlab models`` and the tests)."""
     _VITLAB_MODELS.append(fn.__name__)
-    return register_model(fn)
+    return cast(_F, register_model(fn))
 
 
 def list_vitlab_models(pattern: str = "*") -> list[str]:

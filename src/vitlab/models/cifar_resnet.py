@@ -286,16 +286,17 @@ class _StageFeatures(nn.Module):
         super().__init__()
         from timm.models._features import FeatureInfo
 
-        indices = tuple(out_indices) if out_indices is not None else tuple(range(len(model.feature_info)))
+        info: list[dict[str, Any]] = model.feature_info  # type: ignore[assignment]
+        indices = tuple(out_indices) if out_indices is not None else tuple(range(len(info)))
         self.model = model
-        self.feature_info = FeatureInfo(model.feature_info, indices)
-        self._modules_out = [model.get_submodule(model.feature_info[i]["module"]) for i in indices]
+        self.feature_info = FeatureInfo(info, indices)
+        self._modules_out = [model.get_submodule(info[i]["module"]) for i in indices]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outputs: list[Tensor] = []
         handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in self._modules_out]
         try:
-            self.model.forward_features(x)
+            self.model.forward_features(x)  # type: ignore[operator]
         finally:
             for h in handles:
                 h.remove()
@@ -313,7 +314,7 @@ def _create(cls: type[nn.Module], pretrained: bool, first_conv: str = "conv1", *
     cfg = {"input_size": (kwargs.get("in_chans", 3), 32, 32), "num_classes": model.num_classes,
            "mean": (0.0,) * kwargs.get("in_chans", 3), "std": (1.0,) * kwargs.get("in_chans", 3),
            "first_conv": first_conv, "classifier": "fc", "crop_pct": 1.0, "interpolation": "bilinear"}
-    model.pretrained_cfg = model.default_cfg = cfg
+    model.pretrained_cfg = model.default_cfg = cfg  # type: ignore[assignment]
     return _StageFeatures(model, out_indices) if features_only else model
 
 
