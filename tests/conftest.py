@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 _CACHE = tempfile.mkdtemp(prefix="vitlab-test-cache-")
@@ -25,3 +27,40 @@ def _threads_per_test():
 
     torch.set_num_threads(_threads())
     yield
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = 10) -> None:
+    """uint8 (T, H, W, 3) → an mp4 (mpeg4, lossy) written with PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _make_video_folder(root: Path, num_frames: int = 12, size: tuple[int, int] = (40, 48)) -> dict[str, int]:
+    """Four tiny videos in two classes (bright / dark), with train.csv (names, header) and val.txt (indices)."""
+    rng = np.random.default_rng(0)
+    levels = {"bright": 200, "dark": 40}
+    for split, count in (("train", 2), ("val", 1)):
+        for name, level in levels.items():
+            for k in range(count):
+                noise = rng.integers(-20, 20, size=(num_frames, *size, 3))
+                write_mp4(root / "videos" / split / f"{name}{k}.mp4", np.clip(level + noise, 0, 255).astype(np.uint8))
+    (root / "train.csv").write_text("path,label\n" + "".join(
+        f"{split}/{name}{k}.mp4,{name}\n" for split in ("train",) for name in levels for k in range(2)))
+    (root / "val.txt").write_text("val/dark0.mp4 1\nval/bright0.mp4 0\n")
+    return {"bright": 0, "dark": 1}
+
+
+@pytest.fixture
+def make_video_folder():
+    """``make_video_folder(root, num_frames=12, size=(40, 48))``: a tiny Kinetics-style video folder (see above)."""
+    return _make_video_folder

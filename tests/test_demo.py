@@ -21,3 +21,15 @@ def test_quick_demo_writes_every_section(tmp_path: Path) -> None:
 def test_unknown_section_is_an_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["demo", "--quick", "--out", str(tmp_path), "--only", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_quick_robust_section_reports_both_methods_under_apgd(tmp_path: Path) -> None:
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--only", "robust"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "APGD-CE robust (%)" in report and "failed" not in report
+    rows = [line for line in report.splitlines() if line.startswith(("| TRADES-KL", "| SCORE"))]
+    assert len(rows) == 2
+    for row in rows:
+        clean, robust = (float(v) for v in row.split("|")[4:6])
+        assert 0.0 <= robust <= clean <= 100.0
+    assert (tmp_path / "robust" / "score_digits" / "last.ckpt").is_file()

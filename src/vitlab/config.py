@@ -136,6 +136,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations
     ckpt_every_steps: int = 0  # also write last.ckpt every N steps (0: only at epoch ends)
     max_steps: int | None = None  # stop after this many optimizer steps (for smoke tests)
+    steps_per_epoch: int | None = None  # cap an epoch at this many optimizer steps (a fresh random subset each epoch)
     progress: bool = True  # progress bar when attached to a terminal
 
 
@@ -301,6 +302,8 @@ def validate(cfg: RunConfig) -> None:
     _require(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
     _require(t.log_every >= 1, "train.log_every", "an integer >= 1", t.log_every)
     _require(t.eval_every >= 1, "train.eval_every", "an integer >= 1", t.eval_every)
+    _require(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "null or an integer >= 1",
+             t.steps_per_epoch)
     _require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
     _require(t.precision in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "train.precision",
              "32-true, bf16-mixed or 16-mixed", t.precision)

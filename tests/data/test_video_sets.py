@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
@@ -15,36 +12,6 @@ from vitlab.data import DataError, build_dataset, dataset_names
 def data_cfg(*overrides: str):
     return load_config(None, list(overrides)).data
 
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int = 10) -> None:
-    """uint8 (T, H, W, 3) → an mp4 (mpeg4, lossy) written with PyAV."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def make_video_folder(root: Path, num_frames: int = 12, size: tuple[int, int] = (40, 48)) -> dict[str, int]:
-    """Four tiny videos in two classes (bright / dark), with train.csv (names, header) and val.txt (indices)."""
-    rng = np.random.default_rng(0)
-    levels = {"bright": 200, "dark": 40}
-    for split, count in (("train", 2), ("val", 1)):
-        for name, level in levels.items():
-            for k in range(count):
-                noise = rng.integers(-20, 20, size=(num_frames, *size, 3))
-                write_mp4(root / "videos" / split / f"{name}{k}.mp4", np.clip(level + noise, 0, 255).astype(np.uint8))
-    (root / "train.csv").write_text("path,label\n" + "".join(
-        f"{split}/{name}{k}.mp4,{name}\n" for split in ("train",) for name in levels for k in range(2)))
-    (root / "val.txt").write_text("val/dark0.mp4 1\nval/bright0.mp4 0\n")
-    return {"bright": 0, "dark": 1}
 
 
 def test_video_sets_are_registered():
@@ -88,7 +55,7 @@ def test_moving_digits_bad_settings_name_the_key(override, key):
         build_dataset(data_cfg("data.name=moving_digits", override), "train", train=True)
 
 
-def test_video_folder_train_and_test_views(tmp_path):
+def test_video_folder_train_and_test_views(tmp_path, make_video_folder):
     classes = make_video_folder(tmp_path)
     cfg = data_cfg("data.name=video_folder", f"data.root={tmp_path}", "data.img_size=32",
                    "data.video.videos_dir=videos", "data.video.test_list=val.txt", "data.video.clip_len=4",

@@ -135,3 +135,16 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(tmp_path: Path) 
     assert two.stderr.count("starting two") == 1
     ea, eb = _final_eval(tmp_path / "one"), _final_eval(tmp_path / "two")
     assert abs(ea["top1"] - eb["top1"]) < 1e-6 and abs(ea["loss"] - eb["loss"]) < 1e-4
+
+
+def test_steps_per_epoch_caps_every_epoch_and_the_schedules(tmp_path: Path) -> None:
+    """``train.steps_per_epoch`` (SCORE's epoch counted on the real part of a mixed batch): each epoch is cut to that
+    many optimizer steps, a different random subset each epoch, and the schedules span epochs x steps_per_epoch."""
+    cfg = load_config(RECIPE, [f"out_dir={tmp_path}", "name=cap", "train.epochs=2", "train.steps_per_epoch=3",
+                               "train.log_every=1", *TINY[:-1]])
+    train(cfg)
+    rows = [r for r in read_metrics(tmp_path / "cap") if r["phase"] == "train" and r["name"] == "loss"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in rows] == [0, 0, 0, 1, 1, 1]
+    ckpt = load_checkpoint(tmp_path / "cap" / "last.ckpt")
+    assert ckpt["step"] == 6 and ckpt["epoch"] == 2

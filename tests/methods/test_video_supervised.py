@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -20,36 +19,6 @@ MOVING = str(RECIPES / "test_dualformer_moving_digits.yaml")
 K400 = str(RECIPES / "dualformer_tiny_k400.yaml")
 TEST_DUALFORMER_FLOPS = 20_339_424  # whole model, one 8x32x32 view (docs/dualformer.md, `vitlab info`)
 
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int = 10) -> None:
-    """uint8 (T, H, W, 3) → an mp4 (mpeg4, lossy) written with PyAV."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def make_video_folder(root: Path, num_frames: int = 12, size: tuple[int, int] = (40, 48)) -> dict[str, int]:
-    """Four tiny videos in two classes (bright / dark), with train.csv (names, header) and val.txt (indices)."""
-    rng = np.random.default_rng(0)
-    levels = {"bright": 200, "dark": 40}
-    for split, count in (("train", 2), ("val", 1)):
-        for name, level in levels.items():
-            for k in range(count):
-                noise = rng.integers(-20, 20, size=(num_frames, *size, 3))
-                write_mp4(root / "videos" / split / f"{name}{k}.mp4", np.clip(level + noise, 0, 255).astype(np.uint8))
-    (root / "train.csv").write_text("path,label\n" + "".join(
-        f"{split}/{name}{k}.mp4,{name}\n" for split in ("train",) for name in levels for k in range(2)))
-    (root / "val.txt").write_text("val/dark0.mp4 1\nval/bright0.mp4 0\n")
-    return {"bright": 0, "dark": 1}
 
 
 def read_eval_metrics(run_dir: Path) -> dict[str, float]:
@@ -149,7 +118,7 @@ def k400_overrides(root: Path, out: Path) -> list[str]:
             "data.batch_size=2", "train.progress=false"]
 
 
-def test_k400_recipe_starts_on_a_tiny_video_folder(tmp_path):
+def test_k400_recipe_starts_on_a_tiny_video_folder(tmp_path, make_video_folder):
     make_video_folder(tmp_path / "k400")
     recipe = load_config(K400)
     assert (recipe.data.video.clip_len, recipe.data.video.frame_interval, recipe.data.video.num_clips) == (32, 2, 4)
@@ -166,7 +135,7 @@ def test_k400_recipe_starts_on_a_tiny_video_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_k400_recipe_one_step_with_dualformer_tiny(tmp_path):
+def test_k400_recipe_one_step_with_dualformer_tiny(tmp_path, make_video_folder):
     """The real DualFormer-T (16 x 224², the smallest clip its windows allow with T/2 = 8), one step, 1 view."""
     make_video_folder(tmp_path / "k400", num_frames=20, size=(224, 256))
     sets = k400_overrides(tmp_path / "k400", tmp_path / "runs") + [

@@ -216,6 +216,8 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     if batches_per_epoch == 0:
         raise ConfigError(f"data.batch_size: {bs} x {world} processes x optim.accum_steps {accum} is larger than the "
                           f"training set ({len(train_items)} items)")
+    if cfg.train.steps_per_epoch is not None:  # e.g. SCORE's epochs counted in batches of the real+generated mix
+        batches_per_epoch = min(batches_per_epoch, cfg.train.steps_per_epoch * accum)
     steps_per_epoch = batches_per_epoch // accum
     total_steps = cfg.train.epochs * steps_per_epoch
     schedules = build_schedules(cfg, steps_per_epoch)

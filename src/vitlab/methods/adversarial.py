@@ -10,12 +10,16 @@ class; their configs differ only in defaults. BN handling during the attack is e
 * ``train`` — SCORE's ``without_DDPM`` PGD-AT attack (train mode, the attack passes update BN buffers).
 
 The outer forward passes always run in train mode with BN tracking on. Weight averaging is the engine's model EMA
-(``ema.enabled``); :meth:`AdversarialTraining.schedules` exposes SCORE's EMA decay schedule as ``ema_decay``.
+(``ema.enabled``); with ``ema_schedule: score``, :meth:`AdversarialTraining.schedules` gives the engine SCORE's
+per-update decay as ``ema_decay`` (:func:`score_ema_decay`), which the engine's EMA uses in place of ``ema.decay``.
+The ``robust`` section of ``vitlab demo`` is at the end of this file.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +28,8 @@ from torch import Tensor, nn
 
 from vitlab.attacks.pgd import pgd, se_onehot_loss, trades_perturb
 from vitlab.attacks.threat import ATTACK_MODES, check_norm, parse_eps
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import ConfigError, MethodConfig, RunConfig, load_config
+from vitlab.demo import demo_section
 from vitlab.losses.robust import check_distance_name, pgd_at_loss, probability_distance, trades_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
 from vitlab.models.classifier import build_classifier
@@ -50,7 +55,8 @@ class AdversarialConfig(MethodConfig):
     clip_clean: bool = True  # clip_loss applies to the total loss (False: robust term only) [not --not_clip_clean]
     extra_data: str | None = None  # .npz with "image" (N,H,W,C uint8 or N,C,H,W float in [0,1]) and "label"
     extra_fraction: float = 0.0  # fraction of every batch drawn from extra_data (0.7 in SCORE) [--unsup-fraction]
-    # constant: ema.decay | score: 0 for the first 2.5% of steps, then min(decay, (1+t)/(10+t))
+    # constant: ema.decay | score (needs ema.enabled): 0 for the updates k < 2.5% of all steps, then
+    # min(ema.decay, (1+d)/(10+d)) with d = k - 2.5% of all steps (see score_ema_decay)
     ema_schedule: str = "constant"
     eval_pgd_steps: int = 20  # PGD steps of the robust accuracy measured at each evaluation (0: off)
 
@@ -107,13 +113,18 @@ class SCOREConfig(AdversarialConfig):
     beta: float = 4.0  # README example; SCORE's released checkpoints use 3.0
 
 
-def score_ema_decay(total_steps: int, decay: float, warmup_fraction: float = 0.025) -> np.ndarray:
-    """SCORE's weight-averaging decay per update step t (``watrain.py``): 0 while t < 2.5% of all steps (the average
-    tracks the model), then min(decay, (1 + t)/(10 + t)). -> (total_steps,)."""
-    t = np.arange(total_steps, dtype=float)
-    out = np.minimum(decay, (1.0 + t) / (10.0 + t))
-    out[t < warmup_fraction * total_steps] = 0.0
-    return out
+def score_ema_decay(epochs: int, steps_per_epoch: int, decay: float, warmup_fraction: float = 0.025) -> np.ndarray:
+    """SCORE's weight-averaging decay for each update of a run (``watrain.py::ema_update``) -> (epochs * steps,).
+
+    Entry ``s`` is the decay of the update after optimizer step ``k = s + 1``, with the warm-up
+    ``W = warmup_fraction * epochs * steps_per_epoch`` (a float, as in the reference): 0 while ``k < W`` (the
+    average copies the model, i.e. the first ceil(W) - 1 updates), then ``min(decay, (1 + d) / (10 + d))`` with
+    ``d = k - W`` the updates since the warm-up, so the decay restarts from 0.1 and reaches ``decay`` smoothly.
+    """
+    warmup = warmup_fraction * epochs * steps_per_epoch
+    since = np.arange(1, epochs * steps_per_epoch + 1, dtype=float) - warmup
+    after = np.maximum(since, 0.0)
+    return np.where(since >= 0, np.minimum(decay, (1.0 + after) / (10.0 + after)), 0.0)
 
 
 def load_extra_data(path: str) -> tuple[Tensor, Tensor]:
@@ -150,6 +161,8 @@ class AdversarialTraining(Method):
         self.step_size = parse_eps(mcfg.step_size)
         self.norm = check_norm(mcfg.norm)
         self.model = build_classifier(cfg.model, data.num_classes, data.channels, data.img_size, data.mean, data.std)
+        if mcfg.ema_schedule == "score" and not cfg.ema.enabled:
+            raise ConfigError("method.ema_schedule: score schedules the weight EMA's decay; it needs ema.enabled: true")
         self.extra: tuple[Tensor, Tensor] | None = None
         if mcfg.extra_fraction > 0 and mcfg.extra_data:
             self.extra = load_extra_data(mcfg.extra_data)
@@ -159,7 +172,7 @@ class AdversarialTraining(Method):
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         if self.mcfg.ema_schedule == "score":
-            return {"ema_decay": score_ema_decay(total_steps, self.cfg.ema.decay)}
+            return {"ema_decay": score_ema_decay(total_steps // steps_per_epoch, steps_per_epoch, self.cfg.ema.decay)}
         return {}
 
     # ---- pieces ---------------------------------------------------------------------------------------------------
@@ -273,3 +286,52 @@ class TRADES(AdversarialTraining):
 class SCORE(AdversarialTraining):
     config_class = SCOREConfig
     kind = "score"
+
+
+# ---- demo ---------------------------------------------------------------------------------------------------------
+DEMO_EPOCHS = 8  # about 40 s per method on one CPU thread at 16 px
+DEMO_POINTS = 200  # the first test points attacked
+
+
+@demo_section("robust", "Adversarial training: TRADES-KL vs SCORE (preact_resnet_small on digits) under APGD-CE")
+def _demo(folder: Path, quick: bool) -> str:
+    """Train TRADES-KL and SCORE briefly with the digits recipes, then attack both with native APGD-CE at 8/255."""
+    from vitlab.attacks.autoattack import AutoAttackProtocol
+    from vitlab.data import build_dataset
+    from vitlab.demo import recipe_path
+    from vitlab.engine.checkpoint import load_eval_model
+    from vitlab.engine.trainer import train
+    from vitlab.evaluation.robust import collect
+
+    epochs = 1 if quick else DEMO_EPOCHS
+    points, apgd_steps = (16, 5) if quick else (DEMO_POINTS, 100)
+    rows, warnings = [], []
+    for recipe, label in (("robust/trades_digits.yaml", "TRADES-KL (CE + 6 KL)"),
+                          ("robust/score_digits.yaml", "SCORE = TRADES(SE) (SE + 6 SE, clip 0.3)")):
+        overrides = [f"out_dir={folder}", "train.progress=false", "data.img_size=16", f"train.epochs={epochs}",
+                     f"optim.step_milestones=[{max(epochs - 1, 1)}]", f"train.eval_every={epochs}",
+                     "method.eval_pgd_steps=0"]
+        if quick:
+            overrides += ["train.max_steps=2", "data.batch_size=16", "method.steps=2"]
+        cfg = load_config(recipe_path(recipe), overrides)
+        t0 = time.time()
+        train(cfg, overwrite=True)
+        seconds = time.time() - t0
+        x, y = collect(build_dataset(cfg.data, "test", train=False), points)
+        protocol = AutoAttackProtocol(load_eval_model(cfg.run_dir / "last.ckpt"), norm="Linf", eps=8 / 255,
+                                      version="custom", attacks=["apgd-ce"], backend="native", seed=0,
+                                      apgd_steps=apgd_steps)
+        _, report = protocol.run(x, y)
+        warnings += [f"{label}: {w}" for w in report.warnings]
+        rows.append(f"| {label} | {cfg.optim.lr:g} | {epochs} | {100 * report.clean_accuracy:.1f} | "
+                    f"{100 * report.robust_accuracy:.1f} | {report.max_perturbation * 255:.2f}/255 | {seconds:.0f} |")
+    return ("Recipes `recipes/robust/{trades,score}_digits.yaml` at 16x16 px, "
+            + ("shortened (--quick: 2 steps, APGD-CE 5 iterations)" if quick else
+               f"{epochs} epochs instead of 40 (lr /10 for the last epoch)")
+            + f"; then the first {points} test images attacked with native APGD-CE (L-inf, eps 8/255, "
+            f"{apgd_steps} iterations, 1 restart, seed 0) through `AutoAttackProtocol(backend=\"native\", "
+            "version=\"custom\", attacks=[\"apgd-ce\"])`. SCORE runs at half the learning rate and its SE loss "
+            "starts on a plateau, so a run this short under-trains it; docs/robustness.md has the longer runs.\n\n"
+            "| method | lr | epochs | clean (%) | APGD-CE robust (%) | max perturbation | train time (s) |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+            + "".join(f"\nProtocol warning: {w}\n" for w in warnings))
