@@ -42,15 +42,31 @@ def test_matches_reference_apgd_ce_and_apgd_t(tiny_setup):
 
     model, x, y = tiny_setup
     eps = 4 / 255
-    native = apgd(model, x, y, eps=eps, steps=10, seed=0, early_stop=False)
+    native = apgd(model, x, y, eps=eps, steps=10, seed=0, early_stop=False, channels_last=False)
     ref = APGDAttack(model, n_iter=10, eps=eps, seed=0, n_restarts=1, device="cpu").perturb(x, y)
     # same starts, same schedule, no early stop: the same points are returned
     assert torch.allclose(native, ref, atol=1e-6)
-    native_t = apgd_targeted(model, x, y, eps=eps, steps=10, target_classes=3, seed=0, early_stop=False)
+    native_t = apgd_targeted(model, x, y, eps=eps, steps=10, target_classes=3, seed=0, early_stop=False,
+                             channels_last=False)
     ref_t = APGDAttack_targeted(model, n_iter=10, eps=eps, seed=0, n_restarts=1, n_target_classes=3,
                                 device="cpu").perturb(x, y)
     with torch.no_grad():
         assert torch.equal(model(native_t).argmax(1) == y, model(ref_t).argmax(1) == y)
+
+
+def test_channels_last_layout_gives_the_same_outcome_and_restores_the_model(tiny_setup):
+    """The NHWC attack path differs from NCHW only by float rounding: the same robust outcome, points that stay in the
+    same ball (a gradient entry near 0 may change sign), and every 4-D tensor of the model back in its own layout."""
+    model, x, y = tiny_setup
+    for attack in (apgd, apgd_targeted):
+        kwargs = {"target_classes": 3} if attack is apgd_targeted else {}
+        fast = attack(model, x, y, eps=4 / 255, steps=10, seed=0, channels_last=True, **kwargs)
+        plain = attack(model, x, y, eps=4 / 255, steps=10, seed=0, channels_last=False, **kwargs)
+        assert fast.is_contiguous() and fast.shape == x.shape
+        with torch.no_grad():
+            assert torch.equal(model(fast).argmax(1) == y, model(plain).argmax(1) == y)
+        assert (fast - plain).abs().max() <= 2 * 4 / 255
+        assert all(t.is_contiguous() for t in model.parameters())
 
 
 def test_apgd_t_rejects_too_many_targets(tiny_setup):
