@@ -56,23 +56,33 @@ def bench_apgd(args: argparse.Namespace) -> dict[str, float | int | str]:
     eps = args.eps
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
-    times_native, times_ref = [], []
-    for _ in range(args.repeats):
+    times: dict[str, list[float]] = {"native": [], "native_nchw": [], "reference": []}
+    points: dict[str, torch.Tensor] = {}
+
+    def run(kind: str) -> None:
         start = time.perf_counter()
-        x_native = torch.cat([apgd(model, x[i:i + args.batch_size], y[i:i + args.batch_size], eps=eps, steps=100,
-                                   seed=0) for i in range(0, x.shape[0], args.batch_size)])
-        times_native.append(time.perf_counter() - start)
-        reference = APGDAttack(model, n_iter=100, eps=eps, norm="Linf", n_restarts=1, seed=0, device="cpu")
-        start = time.perf_counter()
-        x_ref = torch.cat([reference.perturb(x[i:i + args.batch_size], y[i:i + args.batch_size])
-                           for i in range(0, x.shape[0], args.batch_size)])
-        times_ref.append(time.perf_counter() - start)
+        if kind == "reference":
+            attack = APGDAttack(model, n_iter=100, eps=eps, norm="Linf", n_restarts=1, seed=0, device="cpu")
+            chunks = [attack.perturb(x[i:i + args.batch_size], y[i:i + args.batch_size])
+                      for i in range(0, x.shape[0], args.batch_size)]
+        else:
+            chunks = [apgd(model, x[i:i + args.batch_size], y[i:i + args.batch_size], eps=eps, steps=100, seed=0,
+                           channels_last=kind == "native") for i in range(0, x.shape[0], args.batch_size)]
+        times[kind].append(time.perf_counter() - start)
+        points[kind] = torch.cat(chunks)
+
+    for repeat in range(args.repeats):  # alternate the order so that a drifting machine load favours neither side
+        order = ["native", "native_nchw", "reference"]
+        for kind in order if repeat % 2 == 0 else order[::-1]:
+            run(kind)
     with torch.no_grad():
-        robust_native = (model(x_native).argmax(1) == y).float().mean().item()
-        robust_ref = (model(x_ref).argmax(1) == y).float().mean().item()
-    return {"model": what, "n": int(x.shape[0]), "eps": eps, "clean": clean, "robust_native": robust_native,
-            "robust_reference": robust_ref, "seconds_native": min(times_native), "seconds_reference": min(times_ref),
-            "speedup": min(times_ref) / min(times_native), "threads": torch.get_num_threads()}
+        robust = {k: (model(v).argmax(1) == y).float().mean().item() for k, v in points.items()}
+    best = {k: min(v) for k, v in times.items()}
+    return {"model": what, "n": int(x.shape[0]), "eps": eps, "clean": clean, "robust_native": robust["native"],
+            "robust_native_nchw": robust["native_nchw"], "robust_reference": robust["reference"],
+            "seconds_native": best["native"], "seconds_native_nchw": best["native_nchw"],
+            "seconds_reference": best["reference"], "speedup": best["reference"] / best["native"],
+            "speedup_nchw": best["reference"] / best["native_nchw"], "threads": torch.get_num_threads()}
 
 
 def bench_steps(args: argparse.Namespace) -> dict[str, float]:
