@@ -106,5 +106,17 @@ def load_eval_model(path: str | Path, use_ema: bool | None = None) -> nn.Module:
     return method.eval_model().eval()
 
 
+def load_frozen_teacher(path: str | Path, key: str = "method.teacher_ckpt") -> nn.Module:
+    """A distillation teacher: :func:`load_eval_model` in eval mode with every parameter frozen. A missing file is a
+    :class:`~vitlab.config.ConfigError` naming ``key``."""
+    from vitlab.config import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: {path} not found (a vitlab checkpoint)")
+    teacher = load_eval_model(path)
+    teacher.requires_grad_(False).eval()
+    return teacher
+
+
 def _strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}

@@ -232,13 +232,9 @@ class HAT(Method):
         self._optimizer: torch.optim.Optimizer | None = None
         self.teacher: nn.Module | None = None
         if mcfg.teacher_ckpt:
-            from vitlab.engine.checkpoint import load_eval_model
+            from vitlab.engine.checkpoint import load_frozen_teacher
 
-            if not Path(mcfg.teacher_ckpt).is_file():
-                raise ConfigError(f"method.teacher_ckpt: {mcfg.teacher_ckpt} not found (a vitlab checkpoint)")
-            teacher = load_eval_model(mcfg.teacher_ckpt)
-            teacher.requires_grad_(False).eval()
-            self.teacher = teacher
+            self.teacher = load_frozen_teacher(mcfg.teacher_ckpt)
         set_distilled = getattr(self.model.model, "set_distilled_training", None)
         if self.teacher is not None and callable(set_distilled):
             set_distilled(True)  # DeiT distilled models return (cls, dist) logits in train mode

@@ -66,11 +66,9 @@ class Supervised(Method):
         self.mixup = build_mixup(cfg.data.aug, data.num_classes, mcfg.label_smoothing)
         self.teacher: nn.Module | None = None
         if mcfg.teacher_ckpt:
-            from vitlab.engine.checkpoint import load_eval_model
+            from vitlab.engine.checkpoint import load_frozen_teacher
 
-            teacher = load_eval_model(mcfg.teacher_ckpt)
-            teacher.requires_grad_(False).eval()
-            self.teacher = teacher
+            self.teacher = load_frozen_teacher(mcfg.teacher_ckpt)
 
     def train(self, mode: bool = True) -> Supervised:
         super().train(mode)
