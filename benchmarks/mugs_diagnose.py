@@ -1,0 +1,47 @@
+"""Mugs diagnosis on digits: one short pretraining run, then its k-NN / probe scores and how parallel the teacher's
+[CLS] features of different images are (the mean cosine similarity over 300 test images; random init: about 0.90).
+
+    OMP_NUM_THREADS=1 python benchmarks/mugs_diagnose.py A                                   # the recipe, 10 epochs
+    OMP_NUM_THREADS=1 python benchmarks/mugs_diagnose.py F method.loss_weights=[1,0,0]       # IDS only
+
+Everything runs at 16 px (global crops 16, local crops 8), 10 epochs with 2 warm-up epochs; extra arguments are
+recipe overrides. Results of docs/mugs.md "Diagnosis".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+from vitlab.config import load_config
+from vitlab.engine.checkpoint import load_method
+from vitlab.engine.trainer import train
+from vitlab.evaluation.robust import collect
+from vitlab.methods.mugs import Mugs
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(1)
+    name, extra = argv[0], argv[1:]
+    base = ["out_dir=runs/mugs_diagnose", f"name={name}", "train.progress=false", "data.img_size=16",
+            "method.crops.global_size=16", "method.crops.local_size=8", "train.epochs=10", "train.eval_every=10",
+            "optim.warmup_epochs=2", "method.gds.warmup_teacher_temp_epochs=2", "method.eval.probe_epochs=30"]
+    cfg = load_config("recipes/mugs/vit_tiny_digits.yaml", base + extra)
+    start = time.time()
+    metrics = train(cfg, overwrite=True)
+    seconds = time.time() - start
+    method, _ = load_method(cfg.run_dir / "last.ckpt")
+    x, _ = collect(Mugs.eval_datasets(cfg)["knn_test"], 300)
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(method.teacher.backbone.embed(x), dim=1)
+    n = f.shape[0]
+    cosine = ((f @ f.T).sum() - n) / (n * n - n)
+    print("RESULT", name, extra, json.dumps({k: round(v, 2) for k, v in metrics.items()}),
+          "teacher_cos", round(cosine.item(), 4), "seconds", round(seconds), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
