@@ -155,6 +155,8 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         save()
     for seed in args.seeds:
         for label, extra in (("mugs", []), ("gds_only", [GDS_ONLY])):
+            if args.baselines_only:
+                break
             key = f"{label}/seed{seed}"
             if key in results["runs"]:
                 continue
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="digits", choices=("digits", "glyphs"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--supervised", action="store_true", help="also train the supervised reference")
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="only the random-init, supervised (with --supervised) and raw-pixel rows")
     parser.add_argument("--rescore", action="store_true", help="evaluate the trained checkpoints of --out again")
     parser.add_argument("--out", default="runs/mugs_bench/digits.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
