@@ -5,6 +5,7 @@ vitlab's Mugs modules. It separates the training dynamics of the small-scale pla
 
     OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10                 # the tiny ViT
     OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --backbone resnet18
+    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --simple-crops    # RandomResizedCrop only
 
 Prints the teacher's k-NN top-1 (k = 20, T = 0.05, train → test) and the mean cosine between the teacher features of
 different test images, at initialisation and at the end.
@@ -38,6 +39,24 @@ def mlp(dims: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class SimpleCrops(torch.utils.data.Dataset):
+    """Two teacher and two student views of each image: RandomResizedCrop (scale 0.4-1) and nothing else."""
+
+    def __init__(self, images: Tensor) -> None:
+        from torchvision.transforms import v2
+
+        self.images = images
+        self.crop = v2.RandomResizedCrop(images.shape[-1], scale=(0.4, 1.0), antialias=True)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        image = self.images[index]
+        return {"teacher_globals": torch.stack([self.crop(image) for _ in range(2)]),
+                "student_globals": torch.stack([self.crop(image) for _ in range(2)])}
+
+
 def info_nce(pred: Tensor, key: Tensor, queue: Tensor, temperature: float) -> Tensor:
     logits = torch.cat([(pred * key).sum(1, keepdim=True), pred @ queue.T], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(pred.shape[0], dtype=torch.long))
@@ -48,6 +67,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--backbone", default="vit", choices=("vit", "resnet18"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--simple-crops", action="store_true", help="RandomResizedCrop views instead of Mugs' crops")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     cfg = load_config("recipes/mugs/vit_tiny_digits.yaml", OVERRIDES)
@@ -83,6 +103,8 @@ def main() -> None:
 
     report("init")
     optimizer = torch.optim.AdamW(student.parameters(), lr=2.5e-4, weight_decay=0.04)
+    if args.simple_crops:
+        train_set = SimpleCrops(x_train)
     loader = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True, drop_last=True)
     total, warmup, step = args.epochs * len(loader), 2 * len(loader), 0
     for epoch in range(args.epochs):
