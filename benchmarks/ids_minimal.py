@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--backbone", default="vit", choices=("vit", "resnet18"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=2.5e-4, help="peak AdamW lr (the plan: 5e-4 x 128 / 256)")
     parser.add_argument("--simple-crops", action="store_true", help="RandomResizedCrop views instead of Mugs' crops")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -102,15 +103,15 @@ def main() -> None:
         print(f"{tag}: k-NN {knn:.2f}  teacher mean cosine {cosine.item():.4f}", flush=True)
 
     report("init")
-    optimizer = torch.optim.AdamW(student.parameters(), lr=2.5e-4, weight_decay=0.04)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.04)
     if args.simple_crops:
         train_set = SimpleCrops(x_train)
     loader = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True, drop_last=True)
     total, warmup, step = args.epochs * len(loader), 2 * len(loader), 0
     for epoch in range(args.epochs):
         for batch in loader:
-            lr = 2.5e-4 * step / warmup if step < warmup else \
-                1e-6 + (2.5e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            lr = args.lr * step / warmup if step < warmup else \
+                1e-6 + (args.lr - 1e-6) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.no_grad():
