@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -224,10 +225,10 @@ def feature_maps(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
         xn = normalize(x)
         maps: dict[str, Tensor] = {}
         fn = getattr(backbone, "forward_intermediates", None)
-        if callable(fn):
+        if callable(fn) and "intermediates_only" in inspect.signature(fn).parameters:
             try:
                 outs = fn(xn, intermediates_only=True)
-            except (TypeError, NotImplementedError, AssertionError, RuntimeError):
+            except NotImplementedError:  # timm's signal that this configuration has no intermediates: use hooks
                 outs = None
             if isinstance(outs, (list, tuple)):
                 for i, out in enumerate(outs):
