@@ -108,7 +108,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     printable = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
     print(json.dumps(printable))
     if args.out:
-        Path(args.out).write_text(json.dumps(printable, indent=2))
+        from vitlab.engine.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(json.dumps(printable, indent=2).encode(), args.out)
     return 0
 
 

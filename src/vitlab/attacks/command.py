@@ -159,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  warning: {message}")
     out = Path(args.out) if args.out else Path(args.ckpt or args.weights).with_name(
         f"attack_{args.attack}_{norm}.json")
-    out.write_text(json.dumps(report, indent=2))
+    from vitlab.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(json.dumps(report, indent=2).encode(), out)
     print(f"  report: {out}")
     return 0
 

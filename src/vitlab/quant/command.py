@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
           f"at W{summary['wbits']}  checkpoint {summary['ckpt']}")
     print(json.dumps(summary))
     if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=2))
+        from vitlab.engine.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(json.dumps(summary, indent=2).encode(), args.out)
     return 0
 
 
