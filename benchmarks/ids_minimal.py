@@ -6,6 +6,9 @@ vitlab's Mugs modules. It separates the training dynamics of the small-scale pla
     OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10                 # the tiny ViT
     OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --backbone resnet18
     OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --simple-crops    # RandomResizedCrop only
+    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --simple-crops --min-scale 1  # identical views
+    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --bn              # MoCo-v3 BatchNorm in the heads
+    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --batch 32        # 4x the steps per epoch
 
 Prints the teacher's k-NN top-1 (k = 20, T = 0.05, train → test) and the mean cosine between the teacher features of
 different test images, at initialisation and at the end.
@@ -30,11 +33,13 @@ OVERRIDES = ["data.img_size=16", "method.crops.global_size=16", "method.crops.lo
              "method.crops.local_number=0"]
 
 
-def mlp(dims: list[int]) -> nn.Sequential:
+def mlp(dims: list[int], bn: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims, dims[1:])):
         layers.append(nn.Linear(a, b, bias=False))
         if i < len(dims) - 2:
+            if bn:
+                layers.append(nn.BatchNorm1d(b))
             layers.append(nn.GELU())
     return nn.Sequential(*layers)
 
@@ -42,11 +47,12 @@ def mlp(dims: list[int]) -> nn.Sequential:
 class SimpleCrops(torch.utils.data.Dataset):
     """Two teacher and two student views of each image: RandomResizedCrop (scale 0.4-1) and nothing else."""
 
-    def __init__(self, images: Tensor) -> None:
+    def __init__(self, images: Tensor, scale: tuple[float, float] = (0.4, 1.0)) -> None:
         from torchvision.transforms import v2
 
         self.images = images
-        self.crop = v2.RandomResizedCrop(images.shape[-1], scale=(0.4, 1.0), antialias=True)
+        self.crop = v2.RandomResizedCrop(images.shape[-1], scale=scale, ratio=(1.0, 1.0) if scale[0] == 1 else
+                                         (3 / 4, 4 / 3), antialias=True)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -68,6 +74,9 @@ def main() -> None:
     parser.add_argument("--backbone", default="vit", choices=("vit", "resnet18"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=2.5e-4, help="peak AdamW lr (the plan: 5e-4 x 128 / 256)")
+    parser.add_argument("--batch", type=int, default=128, help="batch size (the plan: 128)")
+    parser.add_argument("--bn", action="store_true", help="BatchNorm in the hidden layers of the heads")
+    parser.add_argument("--min-scale", type=float, default=0.4, help="simple crops: smallest crop area (1: no crop)")
     parser.add_argument("--simple-crops", action="store_true", help="RandomResizedCrop views instead of Mugs' crops")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -82,10 +91,11 @@ def main() -> None:
     else:
         backbone = timm.create_model("resnet18", in_chans=1, num_classes=0)
     width = backbone.num_features
-    student = nn.ModuleDict({"backbone": backbone, "projector": mlp([width, 256, 256, 64]),
-                             "predictor": mlp([64, 256, 64])})
+    student = nn.ModuleDict({"backbone": backbone, "projector": mlp([width, 256, 256, 64], args.bn),
+                             "predictor": mlp([64, 256, 64], args.bn)})
     teacher = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "projector": copy.deepcopy(student["projector"])})
     teacher.eval().requires_grad_(False)
+    teacher["projector"].train(args.bn)  # MoCo v3: the momentum encoder's BatchNorm uses batch statistics
     queue, pointer = F.normalize(torch.randn(1024, 64), dim=1), 0
 
     def features(net: nn.ModuleDict, x: Tensor) -> Tensor:
@@ -105,8 +115,8 @@ def main() -> None:
     report("init")
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.04)
     if args.simple_crops:
-        train_set = SimpleCrops(x_train)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True, drop_last=True)
+        train_set = SimpleCrops(x_train, (args.min_scale, 1.0))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch, shuffle=True, drop_last=True)
     total, warmup, step = args.epochs * len(loader), 2 * len(loader), 0
     for epoch in range(args.epochs):
         for batch in loader:
