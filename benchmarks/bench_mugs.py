@@ -123,6 +123,25 @@ def _backbone_scores(model: torch.nn.Module, cfg: Any) -> dict[str, float]:
     return {"knn_top1": knn, "probe_top1": probe}
 
 
+def gates(summary: dict[str, Any]) -> dict[str, Any]:
+    """The pass criteria of specs/mugs.md §6 from a summary: Mugs − random init against 3 × the larger of the two seed
+    stds, and Mugs − GDS-only against one GDS-only seed std."""
+    out: dict[str, Any] = {}
+    for metric in ("knn_top1", "probe_top1"):
+        if "mugs" not in summary:
+            break
+        mugs = summary["mugs"][metric]
+        if "random_init" in summary:
+            rand = summary["random_init"][metric]
+            margin, bar = mugs["mean"] - rand["mean"], 3 * max(mugs["std"], rand["std"])
+            out[f"{metric}/mugs_minus_random"] = {"diff": margin, "three_std": bar, "pass": margin > bar}
+        if "gds_only" in summary:
+            gds = summary["gds_only"][metric]
+            diff = mugs["mean"] - gds["mean"]
+            out[f"{metric}/mugs_minus_gds_only"] = {"diff": diff, "gds_std": gds["std"], "pass": diff >= -gds["std"]}
+    return out
+
+
 class _Pixels(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
@@ -202,6 +221,7 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         if rows:
             summary[label] = {m: _mean_std([r[m] for r in rows]) for m in ("knn_top1", "probe_top1")}
     summary["raw_pixels"] = results["runs"]["raw_pixels"]
+    summary["gates"] = gates(summary)
     results["summary"] = summary
     save()
     return results

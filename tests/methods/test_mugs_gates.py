@@ -1,0 +1,38 @@
+"""The pass criteria of specs/mugs.md §6 as ``benchmarks/bench_mugs.py`` computes them."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_mugs", ROOT / "benchmarks" / "bench_mugs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(mean, std):
+    return {"mean": mean, "std": std, "values": []}
+
+
+def test_gate_uses_three_times_the_larger_std(bench):
+    summary = {"mugs": {"knn_top1": _row(60.0, 1.0), "probe_top1": _row(85.0, 2.0)},
+               "random_init": {"knn_top1": _row(50.0, 3.0), "probe_top1": _row(79.0, 1.0)},
+               "gds_only": {"knn_top1": _row(61.5, 2.0), "probe_top1": _row(86.0, 0.5)}}
+    out = bench.gates(summary)
+    knn = out["knn_top1/mugs_minus_random"]
+    assert knn["diff"] == pytest.approx(10.0) and knn["three_std"] == pytest.approx(9.0) and knn["pass"]
+    probe = out["probe_top1/mugs_minus_random"]
+    assert probe["diff"] == pytest.approx(6.0) and probe["three_std"] == pytest.approx(6.0) and not probe["pass"]
+    # Mugs >= GDS-only - one GDS seed std: -1.5 against 2.0 passes, -1.0 against 0.5 does not
+    assert out["knn_top1/mugs_minus_gds_only"]["pass"]
+    assert not out["probe_top1/mugs_minus_gds_only"]["pass"]
+
+
+def test_gate_without_mugs_rows_is_empty(bench):
+    assert bench.gates({"random_init": {"knn_top1": _row(50.0, 1.0), "probe_top1": _row(80.0, 1.0)}}) == {}
