@@ -27,7 +27,8 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     name, extra = argv[0], argv[1:]
     base = ["out_dir=runs/mugs_diagnose", f"name={name}", "train.progress=false", "data.img_size=16",
-            "method.crops.global_size=16", "method.crops.local_size=8", "train.epochs=10", "train.eval_every=10",
+            "data.batch_size=128", "method.crops.global_size=16", "method.crops.local_size=8", "train.epochs=10",
+            "train.eval_every=10",
             "optim.warmup_epochs=2", "method.gds.warmup_teacher_temp_epochs=2", "method.eval.probe_epochs=30"]
     cfg = load_config("recipes/mugs/vit_tiny_digits.yaml", base + extra)
     start = time.time()
