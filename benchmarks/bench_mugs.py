@@ -215,16 +215,54 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     if "raw_pixels" not in results["runs"]:
         cfg = load_config(recipe, base)
         results["runs"]["raw_pixels"] = _backbone_scores(_Pixels(), cfg)
-    summary: dict[str, Any] = {}
-    for label in ("mugs", "gds_only", "random_init", "supervised"):
-        rows = [v for k, v in results["runs"].items() if k.startswith(label + "/")]
-        if rows:
-            summary[label] = {m: _mean_std([r[m] for r in rows]) for m in ("knn_top1", "probe_top1")}
-    summary["raw_pixels"] = results["runs"]["raw_pixels"]
-    summary["gates"] = gates(summary)
-    results["summary"] = summary
+    results["summary"] = summarize(results["runs"])
     save()
     return results
+
+
+def summarize(runs: dict[str, Any]) -> dict[str, Any]:
+    """Mean, std and values per backbone over the seeds in ``runs``, the raw-pixel row and the gates."""
+    summary: dict[str, Any] = {}
+    for label in ("mugs", "gds_only", "random_init", "supervised"):
+        rows = [v for k, v in runs.items() if k.startswith(label + "/")]
+        if rows:
+            summary[label] = {m: _mean_std([r[m] for r in rows]) for m in ("knn_top1", "probe_top1")}
+    if "raw_pixels" in runs:
+        summary["raw_pixels"] = runs["raw_pixels"]
+    summary["gates"] = gates(summary)
+    return summary
+
+
+LABELS = {"mugs": "Mugs (IDS + LGDS + GDS)", "gds_only": "GDS-only (DINO-equivalent, same budget)",
+          "random_init": "random-init backbone", "supervised": "supervised reference (labels)"}
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The summary of an ``accuracy`` run as the markdown table of docs/mugs.md, then its gate lines."""
+    def cell(row: dict[str, Any]) -> str:
+        values = ", ".join(f"{v:.1f}" for v in row["values"])
+        return f"{row['mean']:.1f} ± {row['std']:.1f} ({values})"
+
+    lines = ["| backbone | seeds | k-NN top-1 (%) (k = 20) | linear probe top-1 (%) |", "|---|---|---|---|"]
+    for label, name in LABELS.items():
+        if label in summary:
+            row = summary[label]
+            lines.append(f"| {name} | {len(row['knn_top1']['values'])} | {cell(row['knn_top1'])} | "
+                         f"{cell(row['probe_top1'])} |")
+    if "raw_pixels" in summary:
+        pixels = summary["raw_pixels"]
+        lines.append(f"| raw pixels (reference) | – | {pixels['knn_top1']:.1f} | {pixels['probe_top1']:.1f} |")
+    lines.append("")
+    for key, gate in gates(summary).items():
+        metric, test = key.split("/")
+        name = "k-NN" if metric == "knn_top1" else "probe"
+        if test == "mugs_minus_random":
+            lines.append(f"- {name}: Mugs − random init = {gate['diff']:+.1f} points; 3 × the larger seed std = "
+                         f"{gate['three_std']:.1f} → {'passes' if gate['pass'] else 'does NOT pass'}.")
+        else:
+            lines.append(f"- {name}: Mugs − GDS-only = {gate['diff']:+.1f} points (GDS-only seed std "
+                         f"{gate['gds_std']:.1f}) → Mugs {'≥' if gate['pass'] else '<'} GDS-only − 1 std.")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,8 +279,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the random-init, supervised (with --supervised) and raw-pixel rows")
     parser.add_argument("--rescore", action="store_true", help="evaluate the trained checkpoints of --out again")
     parser.add_argument("--out", default="runs/mugs_bench/digits.json")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of --out (no training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(summarize(json.loads(Path(args.out).read_text())["runs"])))
+        return 0
     results = run_speed(args) if args.mode == "speed" else run_accuracy(args)
     print(json.dumps(results.get("summary", results), indent=2))
     return 0

@@ -36,3 +36,16 @@ def test_gate_uses_three_times_the_larger_std(bench):
 
 def test_gate_without_mugs_rows_is_empty(bench):
     assert bench.gates({"random_init": {"knn_top1": _row(50.0, 1.0), "probe_top1": _row(80.0, 1.0)}}) == {}
+
+
+def test_markdown_table_from_runs(bench):
+    runs = {"mugs/seed0": {"knn_top1": 60.0, "probe_top1": 85.0}, "mugs/seed1": {"knn_top1": 62.0, "probe_top1": 87.0},
+            "random_init/seed0": {"knn_top1": 50.0, "probe_top1": 80.0},
+            "random_init/seed1": {"knn_top1": 50.0, "probe_top1": 80.0},
+            "raw_pixels": {"knn_top1": 97.0, "probe_top1": 96.0}}
+    table = bench.markdown_table(bench.summarize(runs))
+    assert "| Mugs (IDS + LGDS + GDS) | 2 | 61.0 ± 1.4 (60.0, 62.0) | 86.0 ± 1.4 (85.0, 87.0) |" in table
+    assert "| raw pixels (reference) | – | 97.0 | 96.0 |" in table
+    # 3 x std 1.41 = 4.2 < 11 and < 6: both gates pass
+    assert "- k-NN: Mugs − random init = +11.0 points; 3 × the larger seed std = 4.2 → passes." in table
+    assert "- probe: Mugs − random init = +6.0 points; 3 × the larger seed std = 4.2 → passes." in table
