@@ -3,6 +3,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/mugs_diagnose.py A                                   # the recipe, 10 epochs
     OMP_NUM_THREADS=1 python benchmarks/mugs_diagnose.py F method.loss_weights=[1,0,0]       # IDS only
+    python benchmarks/mugs_diagnose.py --cosine runs/mugs_b32/digits/*/last.ckpt     # trained checkpoints only
 
 Everything runs at 16 px (global crops 16, local crops 8), 10 epochs with 2 warm-up epochs; extra arguments are
 recipe overrides. Results of docs/mugs.md "Diagnosis".
@@ -23,8 +24,22 @@ from vitlab.evaluation.robust import collect
 from vitlab.methods.mugs import Mugs
 
 
+def teacher_cosine(method: Mugs, images: torch.Tensor) -> float:
+    """Mean cosine similarity between the teacher [CLS] features of different images."""
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(method.teacher.backbone.embed(images), dim=1)
+    n = f.shape[0]
+    return (((f @ f.T).sum() - n) / (n * n - n)).item()
+
+
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
+    if argv and argv[0] == "--cosine":
+        for path in argv[1:]:
+            method, _ = load_method(path)
+            x, _ = collect(Mugs.eval_datasets(method.cfg)["knn_test"], 300)
+            print(path, "teacher_cos", round(teacher_cosine(method, x), 4), flush=True)
+        return
     name, extra = argv[0], argv[1:]
     base = ["out_dir=runs/mugs_diagnose", f"name={name}", "train.progress=false", "data.img_size=16",
             "data.batch_size=128", "method.crops.global_size=16", "method.crops.local_size=8", "train.epochs=10",
@@ -36,12 +51,8 @@ def main(argv: list[str]) -> None:
     seconds = time.time() - start
     method, _ = load_method(cfg.run_dir / "last.ckpt")
     x, _ = collect(Mugs.eval_datasets(cfg)["knn_test"], 300)
-    with torch.no_grad():
-        f = torch.nn.functional.normalize(method.teacher.backbone.embed(x), dim=1)
-    n = f.shape[0]
-    cosine = ((f @ f.T).sum() - n) / (n * n - n)
     print("RESULT", name, extra, json.dumps({k: round(v, 2) for k, v in metrics.items()}),
-          "teacher_cos", round(cosine.item(), 4), "seconds", round(seconds), flush=True)
+          "teacher_cos", round(teacher_cosine(method, x), 4), "seconds", round(seconds), flush=True)
 
 
 if __name__ == "__main__":
