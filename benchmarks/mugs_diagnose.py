@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/mugs_diagnose.py A                                   # the recipe, 10 epochs
     OMP_NUM_THREADS=1 python benchmarks/mugs_diagnose.py F method.loss_weights=[1,0,0]       # IDS only
     python benchmarks/mugs_diagnose.py --cosine runs/mugs_b32/digits/*/last.ckpt     # trained checkpoints only
+    python benchmarks/mugs_diagnose.py --loo knn_train runs/mugs_b32/glyphs/mugs_s0/last.ckpt  # leave-one-out k-NN
 
 Everything runs at 16 px (global crops 16, local crops 8), 10 epochs with 2 warm-up epochs; extra arguments are
 recipe overrides. Results of docs/mugs.md "Diagnosis".
@@ -32,8 +33,41 @@ def teacher_cosine(method: Mugs, images: torch.Tensor) -> float:
     return (((f @ f.T).sum() - n) / (n * n - n)).item()
 
 
+def leave_one_out_knn(features: torch.Tensor, labels: torch.Tensor, k: int = 20, temperature: float = 0.05) -> float:
+    """Weighted k-NN top-1 (%) of every image against all the others of the same set (cosine, exp(s / T) votes)."""
+    f = torch.nn.functional.normalize(features, dim=1)
+    similarity = f @ f.T
+    similarity.fill_diagonal_(-2.0)
+    values, index = similarity.topk(k, dim=1)
+    votes = torch.zeros(f.shape[0], int(labels.max()) + 1).scatter_add_(1, labels[index], (values / temperature).exp())
+    return 100.0 * (votes.argmax(1) == labels).float().mean().item()
+
+
+def loo_report(split: str, path: str) -> None:
+    """Class and font leave-one-out k-NN on a glyphs evaluation split: trained teacher, random init, raw pixels."""
+    from vitlab.engine.trainer import data_info_from
+
+    method, _ = load_method(path)
+    dataset = Mugs.eval_datasets(method.cfg)[split]
+    fonts = sorted(set(dataset.fonts))
+    font_labels = torch.tensor([fonts.index(f) for f in dataset.fonts])
+    x, y = collect(dataset)
+    torch.manual_seed(method.cfg.train.seed)
+    random_init = Mugs(method.cfg, data_info_from(method.cfg, Mugs.build_datasets(method.cfg)["train"])).eval()
+    with torch.no_grad():
+        rows = {"trained": method.teacher.backbone.embed(x), "random init": random_init.teacher.backbone.embed(x),
+                "raw pixels": x.flatten(1)}
+    for name, f in rows.items():
+        print(f"{split} ({len(y)} images, {len(fonts)} fonts) {name}: class {leave_one_out_knn(f, y):.1f}  "
+              f"font {leave_one_out_knn(f, font_labels):.1f}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
+    if argv and argv[0] == "--loo":
+        for path in argv[2:]:
+            loo_report(argv[1], path)
+        return
     if argv and argv[0] == "--cosine":
         for path in argv[1:]:
             method, _ = load_method(path)
