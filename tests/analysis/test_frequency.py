@@ -120,6 +120,28 @@ def test_feature_maps_from_forward_intermediates_and_hooks() -> None:
         feature_maps(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.rand(1, 3, 2, 2))
 
 
+class _Intermediates(nn.Module):
+    """Has forward_intermediates(intermediates_only=...) that raises ``error``; its blocks give (B, C, H, W) maps."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.blocks = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1))
+
+    def forward_intermediates(self, x: torch.Tensor, intermediates_only: bool = False) -> list[torch.Tensor]:
+        raise self.error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x).mean((2, 3))
+
+
+def test_feature_maps_fall_back_to_hooks_only_on_not_implemented() -> None:
+    maps = feature_maps(_Intermediates(NotImplementedError("no intermediates here")), torch.rand(2, 3, 4, 4))
+    assert list(maps) == ["blocks.0", "blocks.1"] and maps["blocks.1"].shape == (2, 4, 4, 4)
+    with pytest.raises(RuntimeError, match="a real failure"):  # a real error is not hidden behind the fallback
+        feature_maps(_Intermediates(RuntimeError("a real failure")), torch.rand(2, 3, 4, 4))
+
+
 def test_filtered_accuracy_rows_and_mode() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).train()
