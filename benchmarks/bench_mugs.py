@@ -176,6 +176,8 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         for label, extra in (("mugs", []), ("gds_only", [GDS_ONLY])):
             if args.baselines_only:
                 break
+            if label not in args.methods:
+                continue
             key = f"{label}/seed{seed}"
             if key in results["runs"]:
                 continue
@@ -220,11 +222,29 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _seed_order(key: str) -> tuple[str, int]:
+    label, _, seed = key.partition("/seed")
+    return label, int(seed) if seed.isdigit() else -1
+
+
+def merge_runs(paths: list[str | Path]) -> dict[str, Any]:
+    """The ``runs`` of several ``accuracy`` result files (e.g. seeds or methods run in separate processes), merged; a
+    key found in two files must hold the same scores."""
+    runs: dict[str, Any] = {}
+    for path in paths:
+        for key, value in json.loads(Path(path).read_text())["runs"].items():
+            scores = {m: value.get(m) for m in ("knn_top1", "probe_top1")}
+            if key in runs and scores != {m: runs[key].get(m) for m in scores}:
+                raise ValueError(f"{path}: {key} differs from an earlier file: {scores}")
+            runs[key] = value
+    return runs
+
+
 def summarize(runs: dict[str, Any]) -> dict[str, Any]:
     """Mean, std and values per backbone over the seeds in ``runs``, the raw-pixel row and the gates."""
     summary: dict[str, Any] = {}
     for label in ("mugs", "gds_only", "random_init", "supervised"):
-        rows = [v for k, v in runs.items() if k.startswith(label + "/")]
+        rows = [runs[k] for k in sorted(runs, key=_seed_order) if k.startswith(label + "/")]
         if rows:
             summary[label] = {m: _mean_std([r[m] for r in rows]) for m in ("knn_top1", "probe_top1")}
     if "raw_pixels" in runs:
@@ -278,12 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines-only", action="store_true",
                         help="only the random-init, supervised (with --supervised) and raw-pixel rows")
     parser.add_argument("--rescore", action="store_true", help="evaluate the trained checkpoints of --out again")
+    parser.add_argument("--methods", nargs="+", default=["mugs", "gds_only"], choices=("mugs", "gds_only"),
+                        help="which pretraining runs to make (split them across processes with different --out)")
     parser.add_argument("--out", default="runs/mugs_bench/digits.json")
-    parser.add_argument("--table", action="store_true", help="print the markdown table of --out (no training)")
+    parser.add_argument("--table", nargs="*", metavar="MORE_JSON",
+                        help="print the markdown table of --out and of these result files, merged (no training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
     args = parser.parse_args(argv)
-    if args.table:
-        print(markdown_table(summarize(json.loads(Path(args.out).read_text())["runs"])))
+    if args.table is not None:
+        print(markdown_table(summarize(merge_runs([args.out, *args.table]))))
         return 0
     results = run_speed(args) if args.mode == "speed" else run_accuracy(args)
     print(json.dumps(results.get("summary", results), indent=2))

@@ -49,3 +49,22 @@ def test_markdown_table_from_runs(bench):
     # 3 x std 1.41 = 4.2 < 11 and < 6: both gates pass
     assert "- k-NN: Mugs − random init = +11.0 points; 3 × the larger seed std = 4.2 → passes." in table
     assert "- probe: Mugs − random init = +6.0 points; 3 × the larger seed std = 4.2 → passes." in table
+
+
+def test_merge_runs_orders_seeds_and_rejects_conflicts(bench, tmp_path, capsys):
+    import json
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"runs": {"mugs/seed2": {"knn_top1": 70.0, "probe_top1": 90.0},
+                                      "random_init/seed2": {"knn_top1": 48.0, "probe_top1": 79.0}}}))
+    b.write_text(json.dumps({"runs": {"mugs/seed0": {"knn_top1": 60.0, "probe_top1": 80.0},
+                                      "random_init/seed2": {"knn_top1": 48.0, "probe_top1": 79.0},
+                                      "random_init/seed0": {"knn_top1": 46.0, "probe_top1": 77.0}}}))
+    summary = bench.summarize(bench.merge_runs([a, b]))
+    assert summary["mugs"]["knn_top1"]["values"] == [60.0, 70.0]  # seed order, not file order
+    assert summary["random_init"]["probe_top1"]["values"] == [77.0, 79.0]
+    assert bench.main(["accuracy", "--out", str(a), "--table", str(b)]) == 0
+    assert "| Mugs (IDS + LGDS + GDS) | 2 | 65.0 ± 7.1 (60.0, 70.0) | 85.0 ± 7.1 (80.0, 90.0) |" in capsys.readouterr().out
+    b.write_text(json.dumps({"runs": {"mugs/seed2": {"knn_top1": 71.0, "probe_top1": 90.0}}}))
+    with pytest.raises(ValueError, match="mugs/seed2 differs"):
+        bench.merge_runs([a, b])
