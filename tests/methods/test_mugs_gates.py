@@ -64,7 +64,8 @@ def test_merge_runs_orders_seeds_and_rejects_conflicts(bench, tmp_path, capsys):
     assert summary["mugs"]["knn_top1"]["values"] == [60.0, 70.0]  # seed order, not file order
     assert summary["random_init"]["probe_top1"]["values"] == [77.0, 79.0]
     assert bench.main(["accuracy", "--out", str(a), "--table", str(b)]) == 0
-    assert "| Mugs (IDS + LGDS + GDS) | 2 | 65.0 ± 7.1 (60.0, 70.0) | 85.0 ± 7.1 (80.0, 90.0) |" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "| Mugs (IDS + LGDS + GDS) | 2 | 65.0 ± 7.1 (60.0, 70.0) | 85.0 ± 7.1 (80.0, 90.0) |" in table
     b.write_text(json.dumps({"runs": {"mugs/seed2": {"knn_top1": 71.0, "probe_top1": 90.0}}}))
     with pytest.raises(ValueError, match="mugs/seed2 differs"):
         bench.merge_runs([a, b])
