@@ -34,20 +34,23 @@ def test_pairing_has_2_global_and_20_local_terms_and_never_the_same_index() -> N
     assert (0, 1) in pairs and (1, 0) in pairs and (0, 0) not in pairs and (1, 1) not in pairs
 
 
-def _naive_info_nce(preds: torch.Tensor, targets: torch.Tensor, queue: torch.Tensor, tau: float, views: int) -> float:
-    b = preds.shape[0] // views
+def _naive_pairs(views: int, b: int, sample_loss) -> float:
+    """Every (teacher view t, student view s ≠ t) pair: the mean over the batch of sample_loss(t·b + i, s·b + i)."""
     per_pair = {}
     for t in range(2):
         for s in range(views):
             if t == s:
                 continue
-            total = 0.0
-            for i in range(b):
-                p, k = preds[s * b + i], targets[t * b + i]
-                logits = [float(p @ k) / tau] + [float(p @ q) / tau for q in queue]
-                total += -logits[0] + math.log(sum(math.exp(v) for v in logits))
-            per_pair[(t, s)] = total / b
+            per_pair[(t, s)] = sum(sample_loss(t * b + i, s * b + i) for i in range(b)) / b
     return _pair_average(per_pair)
+
+
+def _naive_info_nce(preds: torch.Tensor, targets: torch.Tensor, queue: torch.Tensor, tau: float, views: int) -> float:
+    def sample_loss(t: int, s: int) -> float:
+        logits = [float(preds[s] @ targets[t]) / tau] + [float(preds[s] @ q) / tau for q in queue]
+        return -logits[0] + math.log(sum(math.exp(v) for v in logits))
+
+    return _naive_pairs(views, preds.shape[0] // views, sample_loss)
 
 
 def test_info_nce_matches_a_loop() -> None:
@@ -75,19 +78,11 @@ def test_info_nce_spec_values() -> None:
 
 def _naive_clustering(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, tt: float, ts: float,
                       views: int) -> float:
-    b = student.shape[0] // views
-    per_pair = {}
-    for t in range(2):
-        for s in range(views):
-            if t == s:
-                continue
-            total = 0.0
-            for i in range(b):
-                q = torch.softmax((teacher[t * b + i] - center[0]) / tt, dim=0)
-                logp = torch.log_softmax(student[s * b + i] / ts, dim=0)
-                total += float(-(q * logp).sum())
-            per_pair[(t, s)] = total / b
-    return _pair_average(per_pair)
+    def sample_loss(t: int, s: int) -> float:
+        q = torch.softmax((teacher[t] - center[0]) / tt, dim=0)
+        return float(-(q * torch.log_softmax(student[s] / ts, dim=0)).sum())
+
+    return _naive_pairs(views, student.shape[0] // views, sample_loss)
 
 
 def test_clustering_loss_matches_a_loop_and_is_ln_p_for_uniform_outputs() -> None:
