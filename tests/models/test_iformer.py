@@ -414,15 +414,18 @@ def test_set_fused_attn_switches_construction() -> None:
         timm.layers.set_fused_attn(previous)
 
 
-def test_cpu_chunking_and_inference_path_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_chunking_and_inference_path_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = converted_test_model()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         whole = model(x)
     monkeypatch.setattr(iformer_module, "CPU_CHUNK_ELEMENTS", 1)  # one image at a time in every stage
+    # The same arithmetic on fewer rows: CPU matrix kernels block by batch size, so float32 rounding may differ in the
+    # last bits (1.9e-6 on logits of size ~1 on an AVX-512 machine); a wrong chunk would differ by far more.
     with torch.no_grad():
-        torch.testing.assert_close(model(x), whole, rtol=0, atol=1e-6)
-    torch.testing.assert_close(model(x), whole, rtol=0, atol=1e-6)  # autograd path
+        torch.testing.assert_close(model(x), whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(x), whole, rtol=1e-5, atol=1e-5)  # autograd path
+    assert whole.abs().max() > 0.1  # the logits are not trivially close
 
 
 def test_attention_only_ablation() -> None:
