@@ -232,7 +232,12 @@ def merge_runs(paths: list[str | Path]) -> dict[str, Any]:
     key found in two files must hold the same scores."""
     runs: dict[str, Any] = {}
     for path in paths:
-        for key, value in json.loads(Path(path).read_text())["runs"].items():
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such result file (write one with `bench_mugs.py accuracy --out {path}`)")
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
+            raise ValueError(f"{path}: not an accuracy result file (expected a JSON object with a 'runs' object)")
+        for key, value in data["runs"].items():
             scores = {m: value.get(m) for m in ("knn_top1", "probe_top1")}
             if key in runs and scores != {m: runs[key].get(m) for m in scores}:
                 raise ValueError(f"{path}: {key} differs from an earlier file: {scores}")
@@ -306,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
     args = parser.parse_args(argv)
     if args.table is not None:
-        print(markdown_table(summarize(merge_runs([args.out, *args.table]))))
+        try:
+            runs = merge_runs([args.out, *args.table])
+        except (ValueError, json.JSONDecodeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(markdown_table(summarize(runs)))
         return 0
     results = run_speed(args) if args.mode == "speed" else run_accuracy(args)
     print(json.dumps(results.get("summary", results), indent=2))

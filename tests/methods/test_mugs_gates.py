@@ -69,3 +69,13 @@ def test_merge_runs_orders_seeds_and_rejects_conflicts(bench, tmp_path, capsys):
     b.write_text(json.dumps({"runs": {"mugs/seed2": {"knn_top1": 71.0, "probe_top1": 90.0}}}))
     with pytest.raises(ValueError, match="mugs/seed2 differs"):
         bench.merge_runs([a, b])
+
+
+def test_table_from_a_missing_or_foreign_file_is_a_one_line_error(bench, tmp_path, capsys):
+    missing = tmp_path / "missing.json"
+    assert bench.main(["accuracy", "--out", str(missing), "--table"]) == 2
+    assert f"{missing}: no such result file" in capsys.readouterr().err
+    foreign = tmp_path / "speed.json"
+    foreign.write_text('{"mugs_over_gds_time": 1.1}')
+    assert bench.main(["accuracy", "--out", str(foreign), "--table"]) == 2
+    assert "not an accuracy result file" in capsys.readouterr().err
