@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from vitlab.config import load_config
+from vitlab.engine.checkpoint import atomic_write_bytes
 from vitlab.engine.trainer import data_info_from, train
 from vitlab.evaluation.knn import extract_features, knn_accuracy
 from vitlab.evaluation.linear_probe import last_blocks_features, linear_probe_accuracy
@@ -156,7 +157,7 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
 
     def save() -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(results, indent=2))
+        atomic_write_bytes(json.dumps(results, indent=2).encode(), out_path)  # hours of runs: never half-written
 
     base = [f"out_dir={out_path.parent / args.data}", "train.progress=false", *args.set]
     if args.rescore:  # score the trained checkpoints again with the recipe's current evaluation settings
