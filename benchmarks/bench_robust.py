@@ -87,8 +87,9 @@ def bench_apgd(args: argparse.Namespace) -> dict[str, float | int | str]:
 
 def bench_steps(args: argparse.Namespace) -> dict[str, float]:
     from vitlab.config import RunConfig
-    from vitlab.methods.adversarial import SCORE, TRADES, SCOREConfig, TRADESConfig
+    from vitlab.methods.adversarial import TRADES, TRADESConfig
     from vitlab.methods.base import DataInfo, Progress
+    from vitlab.methods.score import SCORE, SCOREConfig
 
     info = DataInfo(num_classes=10, channels=3, img_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
     batch = {"image": torch.rand(args.step_batch, 3, 32, 32), "label": torch.randint(0, 10, (args.step_batch,))}

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from vitlab.config import ConfigError, RunConfig, load_config
-from vitlab.methods.adversarial import PGDAT, SCORE, TRADES, PGDATConfig, SCOREConfig, TRADESConfig, score_ema_decay
+from vitlab.engine.schedules import restarting_ema_decay as score_ema_decay
+from vitlab.methods.adversarial import PGDAT, TRADES, PGDATConfig, TRADESConfig
 from vitlab.methods.base import DataInfo, Progress
+from vitlab.methods.score import SCORE, SCOREConfig
 
 INFO = DataInfo(num_classes=10, channels=3, img_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -43,7 +45,7 @@ def test_frozen_bn_attack_leaves_buffers_and_outer_pass_updates_them():
     bn = next(m for m in method.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     batch = _batch()
     before = bn.running_mean.clone(), int(bn.num_batches_tracked)
-    x_adv, _ = method.perturb(batch["image"], batch["label"])
+    x_adv, _ = method.perturb(batch["image"])
     assert torch.equal(bn.running_mean, before[0]) and int(bn.num_batches_tracked) == before[1]
     assert (x_adv - batch["image"]).abs().max() <= 8 / 255 + 1e-6
     method(batch, PROGRESS)

@@ -14,7 +14,8 @@ from vitlab.cli import main
 from vitlab.config import ConfigError, load_config
 from vitlab.engine.checkpoint import load_method
 from vitlab.methods.base import Progress, build_method
-from vitlab.methods.gdfq import GDFQ, DataFreeQuantMethod, teacher_data_info
+from vitlab.methods.data_free import DataFreeQuantMethod, teacher_data_info
+from vitlab.methods.gdfq import GDFQ
 from vitlab.quant.command import export_int8, quantize
 from vitlab.quant.quantizer import QuantizationError, activation_quantizers
 

@@ -146,6 +146,20 @@ def build_glyphs_fewshot(cfg: DataConfig, split: str, train: bool) -> GlyphDatas
     return _glyph_dataset(cfg, train, renders, indices, base_indices, label_map, split == "base")
 
 
+def build_glyphs_novel(cfg: DataConfig, split: str, train: bool) -> GlyphDataset:
+    """``glyphs_novel``: the 40 novel classes of the few-shot split, font-disjoint train / test (k-NN and linear probe
+    on classes a model never saw, e.g. after self-supervised pretraining on the base classes)."""
+    if split not in ("train", "test"):
+        raise DataError(f"glyphs_novel: unknown split {split!r} (allowed: train, test)")
+    renders = load_glyph_renders()
+    classes = fewshot_classes()
+    indices = classification_indices(renders, split)
+    indices = indices[np.isin(renders.labels[indices], classes["novel"])]
+    base_indices = np.flatnonzero(np.isin(renders.labels, classes["base"]))
+    label_map = {label: k for k, label in enumerate(classes["novel"])}
+    return _glyph_dataset(cfg, train, renders, indices, base_indices, label_map, split == "train")
+
+
 def build_image_folder(cfg: DataConfig, split: str, train: bool) -> ImageFolderDataset:
     """``image_folder``: ``root/train/<class>/*`` and ``root/val`` or ``root/test``; ImageNet mean / std."""
     if cfg.root is None:
@@ -183,6 +197,7 @@ def _build_cifar(name: str) -> DatasetBuilder:
 register_dataset("digits", build_digits)
 register_dataset("glyphs", build_glyphs)
 register_dataset("glyphs_fewshot", build_glyphs_fewshot)
+register_dataset("glyphs_novel", build_glyphs_novel)
 register_dataset("image_folder", build_image_folder)
 register_dataset("cifar10", _build_cifar("cifar10"))
 register_dataset("cifar100", _build_cifar("cifar100"))

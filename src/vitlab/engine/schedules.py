@@ -44,3 +44,19 @@ def constant_schedule(value: float, epochs: int, steps_per_epoch: int, warmup_ep
     if warmup:
         out[:warmup] = np.linspace(warmup_start, value, warmup, endpoint=False)
     return out
+
+
+def restarting_ema_decay(epochs: int, steps_per_epoch: int, decay: float, warmup_fraction: float = 0.025
+                         ) -> np.ndarray:
+    """A weight-EMA decay per update: copy the model during a warm-up, then restart from 0.1 -> (epochs * steps,).
+
+    Entry ``s`` is the decay of the update after optimizer step ``k = s + 1``, with the warm-up
+    ``W = warmup_fraction * epochs * steps_per_epoch`` (a float): 0 while ``k < W`` (the average copies the model,
+    i.e. the first ceil(W) - 1 updates), then ``min(decay, (1 + d) / (10 + d))`` with ``d = k - W`` the updates since
+    the warm-up, so the decay restarts from 0.1 and reaches ``decay`` smoothly. This is the schedule of SCORE's
+    ``watrain.py::ema_update`` (spec score §3), which its TRADES baseline uses as well.
+    """
+    warmup = warmup_fraction * epochs * steps_per_epoch
+    since = np.arange(1, epochs * steps_per_epoch + 1, dtype=float) - warmup
+    after = np.maximum(since, 0.0)
+    return np.where(since >= 0, np.minimum(decay, (1.0 + after) / (10.0 + after)), 0.0)

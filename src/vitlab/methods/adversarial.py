@@ -1,9 +1,9 @@
-"""Adversarial training: PGD-AT (Madry et al., 2018), TRADES (Zhang et al., 2019) and SCORE (Pang et al., 2022,
-"Robustness and Accuracy Could Be Reconcilable by (Proper) Definition").
+"""Adversarial training baselines: PGD-AT (Madry et al., 2018) and TRADES (Zhang et al., 2019), and the base class
+SCORE builds on (SCORE itself, Pang et al., 2022, is in :mod:`vitlab.methods.score`).
 
-SCORE is TRADES with the KL divergence replaced by the squared Euclidean distance between softmax outputs, in the
-natural term, the robust term and the inner maximisation (vitlab spec ``score.md`` §2). The three methods share one
-class; their configs differ only in defaults. BN handling during the attack is explicit (``attack_mode``):
+The methods share :class:`AdversarialTraining` (the model, SCORE's generated-data mixing, the weight-EMA schedule and
+the robust evaluation); :class:`TRADES` and :class:`PGDAT` each define their inner maximisation and loss. BN handling
+during the attack is explicit (``attack_mode``):
 
 * ``train_frozen_bn`` — SCORE's DDPM code: train mode, BN normalises with batch statistics, running buffers frozen;
 * ``eval`` — SCORE's ``without_DDPM`` TRADES attack (``model.eval()``);
@@ -11,15 +11,13 @@ class; their configs differ only in defaults. BN handling during the attack is e
 
 The outer forward passes always run in train mode with BN tracking on. Weight averaging is the engine's model EMA
 (``ema.enabled``); with ``ema_schedule: score``, :meth:`AdversarialTraining.schedules` gives the engine SCORE's
-per-update decay as ``ema_decay`` (:func:`score_ema_decay`), which the engine's EMA uses in place of ``ema.decay``.
-The ``robust`` section of ``vitlab demo`` is at the end of this file.
+per-update decay as ``ema_decay`` (:func:`~vitlab.engine.schedules.restarting_ema_decay`), which the engine's EMA
+uses in place of ``ema.decay``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.attacks.pgd import pgd, se_onehot_loss, trades_perturb
-from vitlab.attacks.threat import ATTACK_MODES, check_norm, parse_eps
-from vitlab.config import ConfigError, MethodConfig, RunConfig, load_config
-from vitlab.demo import demo_section
+from vitlab.attacks.threat import ATTACK_MODES, check_norm, model_mode, parse_eps
+from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.engine.schedules import restarting_ema_decay
 from vitlab.losses.robust import check_distance_name, pgd_at_loss, probability_distance, trades_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
 from vitlab.models.classifier import build_classifier
@@ -106,27 +104,6 @@ class TRADESConfig(AdversarialConfig):
     name: str = "trades"
 
 
-@dataclass
-class SCOREConfig(AdversarialConfig):
-    name: str = "score"
-    distance: str = "se"
-    beta: float = 4.0  # README example; SCORE's released checkpoints use 3.0
-
-
-def score_ema_decay(epochs: int, steps_per_epoch: int, decay: float, warmup_fraction: float = 0.025) -> np.ndarray:
-    """SCORE's weight-averaging decay for each update of a run (``watrain.py::ema_update``) -> (epochs * steps,).
-
-    Entry ``s`` is the decay of the update after optimizer step ``k = s + 1``, with the warm-up
-    ``W = warmup_fraction * epochs * steps_per_epoch`` (a float, as in the reference): 0 while ``k < W`` (the
-    average copies the model, i.e. the first ceil(W) - 1 updates), then ``min(decay, (1 + d) / (10 + d))`` with
-    ``d = k - W`` the updates since the warm-up, so the decay restarts from 0.1 and reaches ``decay`` smoothly.
-    """
-    warmup = warmup_fraction * epochs * steps_per_epoch
-    since = np.arange(1, epochs * steps_per_epoch + 1, dtype=float) - warmup
-    after = np.maximum(since, 0.0)
-    return np.where(since >= 0, np.minimum(decay, (1.0 + after) / (10.0 + after)), 0.0)
-
-
 def load_extra_data(path: str) -> tuple[Tensor, Tensor]:
     """Images (N, C, H, W) float in [0, 1] and labels (N,) from an .npz with keys ``image`` and ``label``."""
     try:
@@ -147,10 +124,9 @@ def load_extra_data(path: str) -> tuple[Tensor, Tensor]:
 
 
 class AdversarialTraining(Method):
-    """TRADES-style (``trades``, ``score``) or PGD-AT (``pgd_at``) training of one classifier."""
+    """One classifier trained on adversarial examples; subclasses define :meth:`forward` (attack and loss)."""
 
     config_class = AdversarialConfig
-    kind = "trades"
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
@@ -172,7 +148,8 @@ class AdversarialTraining(Method):
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         if self.mcfg.ema_schedule == "score":
-            return {"ema_decay": score_ema_decay(total_steps // steps_per_epoch, steps_per_epoch, self.cfg.ema.decay)}
+            epochs = total_steps // steps_per_epoch
+            return {"ema_decay": restarting_ema_decay(epochs, steps_per_epoch, self.cfg.ema.decay)}
         return {}
 
     # ---- pieces ---------------------------------------------------------------------------------------------------
@@ -198,51 +175,6 @@ class AdversarialTraining(Method):
             xe[flip.to(x.device)] = xe[flip.to(x.device)].flip(-1)
         return torch.cat([x, xe]), torch.cat([y, labels[idx].to(y.device)])
 
-    def perturb(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The inner maximisation; returns x̃ and (for TRADES/SCORE) the detached clean softmax it was built against."""
-        m = self.mcfg
-        if self.kind == "pgd_at":
-            loss: Any = "ce" if m.distance == "kl" else (se_onehot_loss if m.distance == "se" else
-                                                         _onehot_distance(m.distance))
-            x_adv = pgd(self.model, x, y, eps=self.eps, norm=self.norm, steps=m.steps, step_size=self.step_size,
-                        loss=loss, random_init=True, mode=m.attack_mode, check_inputs=False)
-            return x_adv, None
-        from vitlab.attacks.threat import model_mode
-
-        with torch.no_grad(), model_mode(self.model, m.attack_mode):
-            p_clean = self.model(x).softmax(dim=1)
-        distance = _attack_distance(m.distance)
-        x_adv = trades_perturb(self.model, x, p_clean, distance, eps=self.eps, norm=self.norm, steps=m.steps,
-                               step_size=self.step_size if self.norm == "Linf" else None, start=m.attack_start,
-                               mode=m.attack_mode)
-        return x_adv, p_clean
-
-    # ---- training -------------------------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
-        x, y = self.mix_extra(batch["image"], batch["label"])
-        m = self.mcfg
-        x_adv, _ = self.perturb(x, y)
-        if self.kind == "pgd_at":
-            logits_adv = self.model(x_adv)
-            loss = pgd_at_loss(logits_adv, y, distance=m.distance, label_smoothing=m.label_smoothing,
-                               clip_loss=m.clip_loss)
-            with torch.no_grad():
-                out = {"adv_acc": (logits_adv.argmax(1) == y).float().mean()}
-            out["loss"] = loss
-            return out
-        # two separate outer passes, as in the reference: BN statistics see the clean and the adversarial batch
-        logits_clean = self.model(x)
-        logits_adv = self.model(x_adv)
-        loss, terms = trades_loss(logits_clean, logits_adv, y, m.beta, distance=m.distance,
-                                  label_smoothing=m.label_smoothing, clip_value=m.clip_value, clip_loss=m.clip_loss,
-                                  clip_clean=m.clip_clean)
-        with torch.no_grad():
-            out = {"natural": terms["natural"], "robust": terms["robust"],
-                   "acc": (logits_clean.argmax(1) == y).float().mean(),
-                   "adv_acc": (logits_adv.argmax(1) == y).float().mean()}
-        out["loss"] = loss
-        return out
-
     # ---- evaluation -----------------------------------------------------------------------------------------------
     def evaluate(self, loaders: Any, fabric: Any, model: nn.Module | None = None) -> dict[str, float]:
         """Clean top-1 (the base class's metrics) plus ``robust_pgd``: accuracy under PGD-``eval_pgd_steps`` (CE,
@@ -257,6 +189,66 @@ class AdversarialTraining(Method):
         return metrics
 
 
+@register_method("trades")
+class TRADES(AdversarialTraining):
+    """TRADES: CE (or SCORE's distance) on clean inputs + ``beta`` × D(p_adv, p_clean), x̃ maximising D."""
+
+    config_class = TRADESConfig
+
+    def perturb(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The inner maximisation: x̃ and the detached clean softmax it was built against."""
+        m = self.mcfg
+        with torch.no_grad(), model_mode(self.model, m.attack_mode):
+            p_clean = self.model(x).softmax(dim=1)
+        distance = _attack_distance(m.distance)
+        x_adv = trades_perturb(self.model, x, p_clean, distance, eps=self.eps, norm=self.norm, steps=m.steps,
+                               step_size=self.step_size if self.norm == "Linf" else None, start=m.attack_start,
+                               mode=m.attack_mode)
+        return x_adv, p_clean
+
+    def forward(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
+        x, y = self.mix_extra(batch["image"], batch["label"])
+        m = self.mcfg
+        x_adv, _ = self.perturb(x)
+        # two separate outer passes, as in the reference: BN statistics see the clean and the adversarial batch
+        logits_clean = self.model(x)
+        logits_adv = self.model(x_adv)
+        loss, terms = trades_loss(logits_clean, logits_adv, y, m.beta, distance=m.distance,
+                                  label_smoothing=m.label_smoothing, clip_value=m.clip_value, clip_loss=m.clip_loss,
+                                  clip_clean=m.clip_clean)
+        with torch.no_grad():
+            out = {"natural": terms["natural"], "robust": terms["robust"],
+                   "acc": (logits_clean.argmax(1) == y).float().mean(),
+                   "adv_acc": (logits_adv.argmax(1) == y).float().mean()}
+        out["loss"] = loss
+        return out
+
+
+@register_method("pgd_at")
+class PGDAT(AdversarialTraining):
+    """PGD-AT: the loss (CE, or a distance to the one-hot label) on PGD examples only."""
+
+    config_class = PGDATConfig
+
+    def perturb(self, x: Tensor, y: Tensor) -> Tensor:
+        m = self.mcfg
+        loss: Any = "ce" if m.distance == "kl" else (se_onehot_loss if m.distance == "se" else
+                                                     _onehot_distance(m.distance))
+        return pgd(self.model, x, y, eps=self.eps, norm=self.norm, steps=m.steps, step_size=self.step_size,
+                   loss=loss, random_init=True, mode=m.attack_mode, check_inputs=False)
+
+    def forward(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
+        x, y = self.mix_extra(batch["image"], batch["label"])
+        m = self.mcfg
+        logits_adv = self.model(self.perturb(x, y))
+        loss = pgd_at_loss(logits_adv, y, distance=m.distance, label_smoothing=m.label_smoothing,
+                           clip_loss=m.clip_loss)
+        with torch.no_grad():
+            out = {"adv_acc": (logits_adv.argmax(1) == y).float().mean()}
+        out["loss"] = loss
+        return out
+
+
 def _attack_distance(name: str) -> Any:
     """The inner-maximisation objective D(p_adv, p_clean) -> (B,) for a training distance."""
     return lambda p_adv, p_clean: probability_distance(p_adv, p_clean, name)
@@ -268,70 +260,3 @@ def _onehot_distance(name: str) -> Any:
         return probability_distance(logits.softmax(dim=1), target, name)
 
     return loss
-
-
-@register_method("pgd_at")
-class PGDAT(AdversarialTraining):
-    config_class = PGDATConfig
-    kind = "pgd_at"
-
-
-@register_method("trades")
-class TRADES(AdversarialTraining):
-    config_class = TRADESConfig
-    kind = "trades"
-
-
-@register_method("score")
-class SCORE(AdversarialTraining):
-    config_class = SCOREConfig
-    kind = "score"
-
-
-# ---- demo ---------------------------------------------------------------------------------------------------------
-DEMO_EPOCHS = 8  # about 40 s per method on one CPU thread at 16 px
-DEMO_POINTS = 200  # the first test points attacked
-
-
-@demo_section("robust", "Adversarial training: TRADES-KL vs SCORE (preact_resnet_small on digits) under APGD-CE")
-def _demo(folder: Path, quick: bool) -> str:
-    """Train TRADES-KL and SCORE briefly with the digits recipes, then attack both with native APGD-CE at 8/255."""
-    from vitlab.attacks.autoattack import AutoAttackProtocol
-    from vitlab.data import build_dataset
-    from vitlab.demo import recipe_path
-    from vitlab.engine.checkpoint import load_eval_model
-    from vitlab.engine.trainer import train
-    from vitlab.evaluation.robust import collect
-
-    epochs = 1 if quick else DEMO_EPOCHS
-    points, apgd_steps = (16, 5) if quick else (DEMO_POINTS, 100)
-    rows, warnings = [], []
-    for recipe, label in (("robust/trades_digits.yaml", "TRADES-KL (CE + 6 KL)"),
-                          ("robust/score_digits.yaml", "SCORE = TRADES(SE) (SE + 6 SE, clip 0.3)")):
-        overrides = [f"out_dir={folder}", "train.progress=false", "data.img_size=16", f"train.epochs={epochs}",
-                     f"optim.step_milestones=[{max(epochs - 1, 1)}]", f"train.eval_every={epochs}",
-                     "method.eval_pgd_steps=0"]
-        if quick:
-            overrides += ["train.max_steps=2", "data.batch_size=16", "method.steps=2"]
-        cfg = load_config(recipe_path(recipe), overrides)
-        t0 = time.time()
-        train(cfg, overwrite=True)
-        seconds = time.time() - t0
-        x, y = collect(build_dataset(cfg.data, "test", train=False), points)
-        protocol = AutoAttackProtocol(load_eval_model(cfg.run_dir / "last.ckpt"), norm="Linf", eps=8 / 255,
-                                      version="custom", attacks=["apgd-ce"], backend="native", seed=0,
-                                      apgd_steps=apgd_steps)
-        _, report = protocol.run(x, y)
-        warnings += [f"{label}: {w}" for w in report.warnings]
-        rows.append(f"| {label} | {cfg.optim.lr:g} | {epochs} | {100 * report.clean_accuracy:.1f} | "
-                    f"{100 * report.robust_accuracy:.1f} | {report.max_perturbation * 255:.2f}/255 | {seconds:.0f} |")
-    return ("Recipes `recipes/robust/{trades,score}_digits.yaml` at 16x16 px, "
-            + ("shortened (--quick: 2 steps, APGD-CE 5 iterations)" if quick else
-               f"{epochs} epochs instead of 40 (lr /10 for the last epoch)")
-            + f"; then the first {points} test images attacked with native APGD-CE (L-inf, eps 8/255, "
-            f"{apgd_steps} iterations, 1 restart, seed 0) through `AutoAttackProtocol(backend=\"native\", "
-            "version=\"custom\", attacks=[\"apgd-ce\"])`. SCORE runs at half the learning rate and its SE loss "
-            "starts on a plateau, so a run this short under-trains it; docs/robustness.md has the longer runs.\n\n"
-            "| method | lr | epochs | clean (%) | APGD-CE robust (%) | max perturbation | train time (s) |\n"
-            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
-            + "".join(f"\nProtocol warning: {w}\n" for w in warnings))

@@ -24,7 +24,6 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,9 +34,8 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from vitlab.config import AugConfig, ConfigError, DataConfig, MethodConfig, RunConfig, load_config
+from vitlab.config import AugConfig, ConfigError, DataConfig, MethodConfig, RunConfig
 from vitlab.data.multicrop import MultiCropDataset, MultiCropTransform
-from vitlab.demo import demo_section
 from vitlab.engine.schedules import cosine_schedule
 from vitlab.evaluation.knn import extract_features, knn_accuracy
 from vitlab.evaluation.linear_probe import has_vit_tokens, last_blocks_features, linear_probe_accuracy
@@ -309,34 +307,6 @@ class MugsNetwork(nn.Module):
                          else None),
             group=self.group_head(features) if self.group_head is not None else None,
             first_patch_mean=first_patch_mean)
-
-
-# ---- data sets -------------------------------------------------------------------------------------------------------
-def _build_glyphs_novel(cfg: DataConfig, split: str, train: bool) -> Dataset[dict[str, Any]]:
-    """``glyphs_novel``: the 40 novel classes of the few-shot split, font-disjoint train / test (k-NN after
-    pretraining on the base classes)."""
-    from vitlab.data.build import _glyph_dataset
-    from vitlab.data.dataset import DataError
-    from vitlab.data.glyphs import classification_indices, fewshot_classes, load_glyph_renders
-
-    if split not in ("train", "test"):
-        raise DataError(f"glyphs_novel: unknown split {split!r} (allowed: train, test)")
-    renders = load_glyph_renders()
-    classes = fewshot_classes()
-    indices = classification_indices(renders, split)
-    indices = indices[np.isin(renders.labels[indices], classes["novel"])]
-    base_indices = np.flatnonzero(np.isin(renders.labels, classes["base"]))
-    label_map = {label: k for k, label in enumerate(classes["novel"])}
-    return _glyph_dataset(cfg, train, renders, indices, base_indices, label_map, split == "train")
-
-
-def _register_datasets() -> None:
-    from vitlab.data.build import register_dataset
-
-    register_dataset("glyphs_novel", _build_glyphs_novel)
-
-
-_register_datasets()
 
 
 def _eval_data(cfg: RunConfig, name: str | None) -> DataConfig:
@@ -672,34 +642,3 @@ def ema_update(teacher: nn.Module, student: nn.Module, pairs: tuple[list[Tensor]
 
 # ---- demo ------------------------------------------------------------------------------------------------------------
 # The CPU-budget variant of the small-scale plan (docs/mugs.md): 16-px digits, 2 local crops, 5 epochs.
-DEMO_OVERRIDES = ["data.img_size=16", "data.batch_size=64", "method.crops.global_size=16", "method.crops.local_size=8",
-                  "method.crops.local_number=2", "train.epochs=5", "train.eval_every=5", "optim.lr=1e-3",
-                  "optim.warmup_epochs=1", "method.momentum_teacher=0.95", "method.gds.warmup_teacher_temp_epochs=2",
-                  "train.log_every=22"]
-DEMO_QUICK = ["train.epochs=1", "train.max_steps=2", "data.batch_size=32", "method.eval.probe_epochs=2",
-              "method.eval.knn_k=[20]", "model.kwargs.depth=2", "method.eval.probe_last_blocks=2",
-              "method.ids.queue_size=64", "method.lgds.queue_size=64", "method.lgds.memory_size=64",
-              "method.gds.prototypes=64"]
-
-
-@demo_section("mugs", "Mugs self-supervised pretraining (tiny ViT on digits, labels unused)")
-def _demo(folder: Path, quick: bool) -> str:
-    from vitlab.demo import recipe_path
-    from vitlab.engine.trainer import data_info_from, train
-
-    overrides = [f"out_dir={folder}", "name=mugs_digits", "train.progress=false", *DEMO_OVERRIDES,
-                 *(DEMO_QUICK if quick else [])]
-    cfg = load_config(recipe_path("mugs/vit_tiny_digits.yaml"), overrides)
-    trained = train(cfg, overwrite=True)
-    torch.manual_seed(cfg.train.seed)
-    untrained = Mugs(cfg, data_info_from(cfg, Mugs.build_datasets(cfg)["train"])).eval()
-    with torch.no_grad():
-        random_init = untrained.evaluate({}, None)
-    rows = [f"| {name} | {m['knn_top1']:.1f} | {m['probe_top1']:.1f} |"
-            for name, m in (("random init", random_init), ("Mugs", trained))]
-    return "\n".join([
-        f"A ViT (patch 4, width 96) pretrained for {cfg.train.epochs} epoch(s) on 16-px digits with IDS + LGDS + GDS; "
-        "the teacher backbone's features are scored without fine-tuning (k-NN k = 20, T = 0.05; linear probe on the "
-        f"concatenated [CLS] of the last {cfg.method.eval.probe_last_blocks} blocks). docs/mugs.md has the 3-seed "  # type: ignore[attr-defined]
-        "table and the GDS-only comparison.",
-        "", "| backbone | k-NN top-1 (%) | linear probe top-1 (%) |", "|---|---|---|", *rows])

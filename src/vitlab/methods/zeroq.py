@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from vitlab.config import ConfigError, RunConfig
 from vitlab.methods.base import DataInfo, Progress, StepHelper, register_method
-from vitlab.methods.gdfq import DataFreeQuantConfig, DataFreeQuantMethod
+from vitlab.methods.data_free import DataFreeQuantConfig, DataFreeQuantMethod
 from vitlab.quant.losses import BNStatsRecorder, zeroq_bn_loss
 from vitlab.quant.quantizer import set_act_calibration
 

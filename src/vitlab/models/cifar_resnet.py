@@ -1,6 +1,7 @@
 """ResNets for 32×32 images (CIFAR, digits): the ResNet-18 of the AutoAttack examples, PreActResNet-18 (He et al.,
 2016, "Identity mappings in deep residual networks"), a small pre-activation ResNet for the CPU plan, and DeepMind's
-WideResNet with Swish (Gowal et al., 2020; Rebuffi et al., 2021), the architecture of SCORE's released models.
+WideResNet with Swish (Gowal et al., 2020; Rebuffi et al., 2021), the architecture of SCORE's released models, and
+the ResNet-20 of the data-free-quantisation experiments (ClusterQ, GDFQ, ZeroQ).
 
 Every model takes inputs as given (normalisation lives in :class:`vitlab.models.ImageClassifier`) and honours timm's
 contract: ``forward_features`` -> (B, C, H, W), ``forward_head(pre_logits=)``, ``reset_classifier``,
@@ -322,6 +323,16 @@ def _create(cls: type[nn.Module], pretrained: bool, first_conv: str = "conv1", *
 def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-18 for 32×32 inputs, 11.17M parameters; the AutoAttack example model's architecture."""
     return _create(CifarResNet, pretrained, layers=(2, 2, 2, 2), **kwargs)
+
+
+@register_vitlab_model
+def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ResNet-20 of the data-free-quantisation CIFAR experiments (pytorchcv ``resnet20_cifar10`` layout), 0.27M
+    parameters: 3×3 stem, 3 stages × 3 basic blocks of widths 16/32/64, 1×1-conv + BN shortcuts where the shape
+    changes; 21 BatchNorm2d layers, so ClusterQ aligns the last 12 (start 9, spec clusterq §2.2)."""
+    if pretrained:
+        raise ValueError("cifar_resnet20: no weights download (vitlab is offline); train it with a recipe")
+    return CifarResNet(layers=(3, 3, 3), widths=(16, 32, 64), **kwargs)
 
 
 @register_vitlab_model

@@ -2,7 +2,6 @@
 int8 export (vitlab spec clusterq). The methods themselves are ``vitlab.methods.{gdfq,clusterq,zeroq}``."""
 
 from vitlab.quant import data as data  # noqa: F401  (registers foolbox_cifar10)
-from vitlab.quant import models as models  # noqa: F401  (registers cifar_resnet20)
 from vitlab.quant.generator import CifarGenerator, ConditionalBatchNorm2d, ImageNetGenerator, build_generator
 from vitlab.quant.losses import (
     BNStatsRecorder,
