@@ -1,20 +1,15 @@
-"""Mugs benchmarks (specs/mugs.md §6).
+"""The Mugs small-scale accuracy plan (specs/mugs.md §6) on digits or glyphs: Mugs and GDS-only pretraining over
+several seeds, plus the random-init backbone, a supervised reference and raw pixels, all scored by the same k-NN and
+linear probe. Speed and memory: ``benchmarks/bench_mugs.py``.
 
-``speed`` (default): training-step time and peak memory of Mugs (IDS + LGDS + GDS) against GDS-only (DINO-equivalent)
-for the same backbone and batch, in the same run.
-
-``accuracy``: the small-scale plan on digits or glyphs: Mugs and GDS-only pretraining over several seeds, plus the
-random-init backbone, a supervised reference and raw pixels, all scored by the same k-NN and linear probe.
-
-    python benchmarks/bench_mugs.py speed --batch 32
-    python benchmarks/bench_mugs.py accuracy --data digits --seeds 0 1 2 --out runs/mugs_bench/digits.json
+    python experiments/mugs_accuracy.py --data digits --seeds 0 1 2 --out runs/mugs_bench/digits.json
+    python experiments/mugs_accuracy.py --out runs/mugs_bench/digits.json --table   # the table, no training
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -22,73 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from vitlab.config import load_config
 from vitlab.engine.checkpoint import atomic_write_bytes
 from vitlab.engine.trainer import data_info_from, train
 from vitlab.evaluation.knn import extract_features, knn_accuracy
 from vitlab.evaluation.linear_probe import last_blocks_features, linear_probe_accuracy
-from vitlab.methods.base import Progress
 from vitlab.methods.mugs import Mugs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "mugs" / "vit_tiny_digits.yaml"
 GLYPHS_RECIPE = ROOT / "recipes" / "mugs" / "vit_tiny_glyphs.yaml"
 GDS_ONLY = "method.loss_weights=[0,0,1]"
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def step_time(overrides: list[str], batch: int, steps: int, warmup: int) -> dict[str, float]:
-    """Seconds per training step (forward, backward, AdamW, EMA) on one fixed multi-crop batch; memory after it."""
-    cfg = load_config(RECIPE, [f"data.batch_size={batch}", *overrides])
-    datasets = Mugs.build_datasets(cfg)
-    torch.manual_seed(0)
-    method = Mugs(cfg, data_info_from(cfg, datasets["train"]))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    method.to(device).train()
-    optimizer = method.configure_optimizers()["main"]
-    batch_items = default_collate([datasets["train"][i] for i in range(batch)])
-    batch_items = {k: v.to(device) for k, v in batch_items.items()}
-    progress = Progress(0, 5, 100, 10, {"lr": 1e-4, "weight_decay": 0.04, "teacher_temp": 0.05,
-                                        "teacher_momentum": 0.99})
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = method(batch_items, progress)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        method.on_optimizer_step(progress)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    params = sum(p.numel() for p in method.student.parameters())
-    # Peak memory: CUDA's allocator peak on a GPU; on the CPU the process's peak RSS (cumulative over the run, so the
-    # second configuration's figure includes the first's) and, exactly, the bytes of weights, buffers and AdamW state.
-    memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mib()
-    state = [*method.parameters(), *method.buffers(),
-             *[v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]]
-    state_mib = sum(t.numel() * t.element_size() for t in state) / 2**20
-    return {"step_s": statistics.median(times), "step_s_min": min(times), "student_params": params,
-            "peak_memory_mib": memory, "state_mib": state_mib, "device": str(device)}
-
-
-def run_speed(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    extra = list(args.set)
-    results = {"gds_only": step_time([GDS_ONLY, *extra], args.batch, args.steps, args.warmup),
-               "mugs": step_time(extra, args.batch, args.steps, args.warmup)}
-    results["mugs_over_gds_time"] = results["mugs"]["step_s"] / results["gds_only"]["step_s"]
-    return results
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -234,7 +175,7 @@ def merge_runs(paths: list[str | Path]) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for path in paths:
         if not Path(path).is_file():
-            raise ValueError(f"{path}: no such result file (write one with `bench_mugs.py accuracy --out {path}`)")
+            raise ValueError(f"{path}: no such result file (write one with `mugs_accuracy.py --out {path}`)")
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
             raise ValueError(f"{path}: not an accuracy result file (expected a JSON object with a 'runs' object)")
@@ -293,10 +234,6 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="speed", choices=("speed", "accuracy"))
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data", default="digits", choices=("digits", "glyphs"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -319,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(markdown_table(summarize(runs)))
         return 0
-    results = run_speed(args) if args.mode == "speed" else run_accuracy(args)
-    print(json.dumps(results.get("summary", results), indent=2))
+    print(json.dumps(run_accuracy(args)["summary"], indent=2))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The pass criteria of specs/mugs.md §6 as ``benchmarks/bench_mugs.py`` computes them."""
+"""The pass criteria of specs/mugs.md §6 as ``experiments/mugs_accuracy.py`` computes them."""
 
 import importlib.util
 from pathlib import Path
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_mugs", ROOT / "benchmarks" / "bench_mugs.py")
+    spec = importlib.util.spec_from_file_location("mugs_accuracy", ROOT / "experiments" / "mugs_accuracy.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
