@@ -1,7 +1,8 @@
 """Parameters and fvcore FLOPs (one multiply-add = one FLOP, eval mode, explicit attention, batch 1) of a method's
 models, written to results/<method>/complexity.json for ``experiments/tables.py`` (docs' "Sizes" tables).
 
-    python experiments/complexity.py iformer            # the six ImageNet variants and test_iformer (~1 min on CPU)
+    python experiments/complexity.py iformer      # the six ImageNet variants and test_iformer (~2 min on one core)
+    python experiments/complexity.py dualformer   # DualFormer-T/S/B backbones, one 32x224x224 view (~3 min)
 """
 
 from __future__ import annotations
@@ -18,7 +19,23 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "iformer": [("iformer_small", {}), ("iformer_base", {}), ("iformer_large", {}), ("iformer_small_384", {}),
                 ("iformer_base_384", {}), ("iformer_large_384", {}), ("test_iformer", {"num_classes": 10})],
+    # the papers' convention for video: backbone only (head omitted), one 1x3x32x224x224 view, K400 head for params
+    "dualformer": [("dualformer_tiny", {}), ("dualformer_small", {}), ("dualformer_base", {})],
 }
+
+
+def _backbone_view(name: str) -> dict[str, Any]:
+    """Parameters (backbone, head) and backbone FLOPs of one default view of a video model."""
+    import timm
+
+    from vitlab.evaluation.multiview import count_view_flops
+    from vitlab.models.profile import default_input_size, model_info
+
+    info = model_info(name, flops=False)
+    size = default_input_size(name)
+    info["backbone_flops_per_view"] = count_view_flops(timm.create_model(name), size, backbone_only=True)
+    info["head_params"] = info["params"] - info["backbone_params"]
+    return info
 
 
 def measure(method: str) -> dict[str, Any]:
@@ -28,7 +45,10 @@ def measure(method: str) -> dict[str, Any]:
 
     from vitlab.models.profile import model_info
 
-    rows = [model_info(name, **kwargs) for name, kwargs in MODELS[method]]
+    if method == "dualformer":
+        rows = [_backbone_view(name) for name, _ in MODELS[method]]
+    else:
+        rows = [model_info(name, **kwargs) for name, kwargs in MODELS[method]]
     return {"command": f"python experiments/complexity.py {method}", "rows": rows,
             "versions": {"torch": torch.__version__, "timm": timm.__version__,
                          "fvcore": getattr(fvcore, "__version__", "unknown")}}

@@ -34,6 +34,13 @@ IFORMER_SPEC: dict[str, tuple[str, str, str]] = {
 }
 IFORMER_LABELS = {"test_iformer": "`test_iformer` (32×32, 10 classes)"}
 
+# ../shared/specs/dualformer.md §2: backbone parameters and GFLOPs per 32x224x224 view of the official backbones
+DUALFORMER_SPEC: dict[str, tuple[str, str, str]] = {
+    "dualformer_tiny": ("DualFormer-T", "21,767,360", "60.09"),
+    "dualformer_small": ("DualFormer-S", "48,908,064", "158.69"),
+    "dualformer_base": ("DualFormer-B", "86,837,632", "267.97"),
+}
+
 
 def _gflops(flops: float) -> str:
     g = flops / 1e9
@@ -51,6 +58,17 @@ def iformer_sizes(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def dualformer_sizes(results: list[dict[str, Any]]) -> str:
+    rows = ["| model | backbone params | spec | head (400 cl.) | GFLOPs/view | spec | 4-view total |",
+            "|---|---|---|---|---|---|---|"]
+    for row in results[0]["rows"]:
+        label, spec_params, spec_gflops = DUALFORMER_SPEC[row["model"]]
+        view = row["backbone_flops_per_view"] / 1e9
+        rows.append(f"| {label} | {row['backbone_params']:,} | {spec_params} | {row['head_params']:,} | {view:.3f} | "
+                    f"{spec_gflops} | {4 * view:.1f} |")
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -60,6 +78,8 @@ class Table:
 
 TABLES: dict[str, Table] = {
     "iformer_sizes": Table(("iformer/complexity.json",), iformer_sizes, "python experiments/complexity.py iformer"),
+    "dualformer_sizes": Table(("dualformer/complexity.json",), dualformer_sizes,
+                              "python experiments/complexity.py dualformer"),
 }
 
 

@@ -62,7 +62,7 @@ MARKED = [t for t in DOC_TABLES if t[3] is not None]
 
 
 def test_some_tables_are_marked():
-    assert {t[3] for t in MARKED} >= {"iformer_sizes"}
+    assert {t[3] for t in MARKED} >= {"iformer_sizes", "dualformer_sizes"}
 
 
 @pytest.mark.parametrize("doc,line,text,name", MARKED, ids=[f"{t[0]}:{t[1]}" for t in MARKED])
