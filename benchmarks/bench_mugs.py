@@ -1,13 +1,8 @@
-"""Mugs benchmarks (specs/mugs.md §6).
+"""Mugs speed and memory (specs/mugs.md §6): training-step time and peak memory of Mugs (IDS + LGDS + GDS) against
+GDS-only (DINO-equivalent) for the same backbone and batch, in the same run. The accuracy plan is
+``experiments/mugs_accuracy.py``.
 
-``speed`` (default): training-step time and peak memory of Mugs (IDS + LGDS + GDS) against GDS-only (DINO-equivalent)
-for the same backbone and batch, in the same run.
-
-``accuracy``: the small-scale plan on digits or glyphs: Mugs and GDS-only pretraining over several seeds, plus the
-random-init backbone, a supervised reference and raw pixels, all scored by the same k-NN and linear probe.
-
-    python benchmarks/bench_mugs.py speed --batch 32
-    python benchmarks/bench_mugs.py accuracy --data digits --seeds 0 1 2 --out runs/mugs_bench/digits.json
+    python benchmarks/bench_mugs.py --batch 32
 """
 
 from __future__ import annotations
@@ -22,19 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 
 from vitlab.config import load_config
-from vitlab.engine.checkpoint import atomic_write_bytes
-from vitlab.engine.trainer import data_info_from, train
-from vitlab.evaluation.knn import extract_features, knn_accuracy
-from vitlab.evaluation.linear_probe import last_blocks_features, linear_probe_accuracy
+from vitlab.engine.trainer import data_info_from
 from vitlab.methods.base import Progress
 from vitlab.methods.mugs import Mugs
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "mugs" / "vit_tiny_digits.yaml"
-GLYPHS_RECIPE = ROOT / "recipes" / "mugs" / "vit_tiny_glyphs.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mugs" / "vit_tiny_digits.yaml"
 GDS_ONLY = "method.loss_weights=[0,0,1]"
 
 
@@ -91,236 +81,15 @@ def run_speed(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}  # type: ignore[dict-item]
-
-
-def _scores(method: Mugs) -> dict[str, float]:
-    loaders = {k: DataLoader(ds, batch_size=512) for k, ds in Mugs.eval_datasets(method.cfg).items()}
-    with torch.no_grad():
-        return method.eval().evaluate(loaders, None)
-
-
-def _backbone_scores(model: torch.nn.Module, cfg: Any) -> dict[str, float]:
-    """The Mugs k-NN and probe protocol on any classifier's features (supervised reference, raw pixels)."""
-    ecfg = cfg.method.eval
-    loaders = {k: DataLoader(ds, batch_size=512) for k, ds in Mugs.eval_datasets(cfg).items()}
-    embed = getattr(model, "embed", model)
-    with torch.no_grad():
-        train_f, train_y = extract_features(embed, loaders["knn_train"])
-        test_f, test_y = extract_features(embed, loaders["knn_test"])
-        classes = int(max(train_y.max(), test_y.max())) + 1
-        knn = knn_accuracy(train_f, train_y, test_f, test_y, classes, [20], ecfg.knn_temperature)[20]
-
-        def probe_fn(x: torch.Tensor) -> torch.Tensor:
-            return last_blocks_features(model, x, ecfg.probe_last_blocks, ecfg.probe_avgpool)
-
-        train_f, train_y = extract_features(probe_fn, loaders["probe_train"])
-        test_f, test_y = extract_features(probe_fn, loaders["probe_test"])
-    classes = int(max(train_y.max(), test_y.max())) + 1
-    probe = linear_probe_accuracy(train_f, train_y, test_f, test_y, classes, ecfg.probe_epochs, ecfg.probe_lr,
-                                  ecfg.probe_batch_size, seed=cfg.train.seed, standardize=ecfg.probe_standardize)
-    return {"knn_top1": knn, "probe_top1": probe}
-
-
-def gates(summary: dict[str, Any]) -> dict[str, Any]:
-    """The pass criteria of specs/mugs.md §6 from a summary: Mugs − random init against 3 × the larger of the two seed
-    stds, and Mugs − GDS-only against one GDS-only seed std."""
-    out: dict[str, Any] = {}
-    for metric in ("knn_top1", "probe_top1"):
-        if "mugs" not in summary:
-            break
-        mugs = summary["mugs"][metric]
-        if "random_init" in summary:
-            rand = summary["random_init"][metric]
-            margin, bar = mugs["mean"] - rand["mean"], 3 * max(mugs["std"], rand["std"])
-            out[f"{metric}/mugs_minus_random"] = {"diff": margin, "three_std": bar, "pass": margin > bar}
-        if "gds_only" in summary:
-            gds = summary["gds_only"][metric]
-            diff = mugs["mean"] - gds["mean"]
-            out[f"{metric}/mugs_minus_gds_only"] = {"diff": diff, "gds_std": gds["std"], "pass": diff >= -gds["std"]}
-    return out
-
-
-class _Pixels(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
-
-
-def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    recipe = GLYPHS_RECIPE if args.data == "glyphs" else RECIPE
-    out_path = Path(args.out)
-    results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
-    results.setdefault("runs", {})
-
-    def save() -> None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(json.dumps(results, indent=2).encode(), out_path)  # hours of runs: never half-written
-
-    base = [f"out_dir={out_path.parent / args.data}", "train.progress=false", *args.set]
-    if args.rescore:  # score the trained checkpoints again with the recipe's current evaluation settings
-        from vitlab.engine.checkpoint import load_method
-
-        for key in [k for k in results["runs"] if k.split("/")[0] in ("random_init", "raw_pixels", "supervised")]:
-            del results["runs"][key]
-        for key in list(results["runs"]):
-            label, seed = key.split("/")
-            recipe_cfg = load_config(recipe, [*base, f"train.seed={seed[4:]}"])
-            method, _ = load_method(Path(base[0].split("=", 1)[1]) / f"{label}_s{seed[4:]}" / "last.ckpt")
-            method.mcfg.eval = recipe_cfg.method.eval  # type: ignore[attr-defined]
-            results["runs"][key] = {**_scores(method), "train_s": results["runs"][key].get("train_s", 0.0)}
-            print("rescored", key, results["runs"][key], flush=True)
-        save()
-    for seed in args.seeds:
-        for label, extra in (("mugs", []), ("gds_only", [GDS_ONLY])):
-            if args.baselines_only:
-                break
-            if label not in args.methods:
-                continue
-            key = f"{label}/seed{seed}"
-            if key in results["runs"]:
-                continue
-            cfg = load_config(recipe, [*base, f"name={label}_s{seed}", f"train.seed={seed}", *extra])
-            start = time.time()
-            metrics = train(cfg, overwrite=True)
-            results["runs"][key] = {**metrics, "train_s": time.time() - start}
-            save()
-            print(key, results["runs"][key], flush=True)
-        key = f"random_init/seed{seed}"
-        if key not in results["runs"]:
-            cfg = load_config(recipe, [*base, f"train.seed={seed}"])
-            torch.manual_seed(seed)
-            datasets = Mugs.build_datasets(cfg)
-            results["runs"][key] = _scores(Mugs(cfg, data_info_from(cfg, datasets["train"])))
-            save()
-        key = f"supervised/seed{seed}"
-        if args.supervised and key not in results["runs"]:
-            mugs_cfg = load_config(recipe, [*base, f"train.seed={seed}"])
-            plain = [o for o in base if not o.startswith("method.")]
-            sup = load_config(None, [*plain, f"name=supervised_s{seed}", f"train.seed={seed}", "method.name=supervised",
-                                     f"data.name={mugs_cfg.data.name}", f"data.img_size={mugs_cfg.data.img_size}",
-                                     f"data.channels={mugs_cfg.data.channels}",
-                                     f"data.batch_size={mugs_cfg.data.batch_size}",
-                                     *(["data.train_per_class=" + str(mugs_cfg.data.train_per_class)]
-                                       if mugs_cfg.data.train_per_class else []),
-                                     f"model.name={mugs_cfg.model.name}",
-                                     *[f"model.kwargs.{k}={v}" for k, v in mugs_cfg.model.kwargs.items()],
-                                     f"optim.lr={2 * mugs_cfg.optim.lr}", f"train.epochs={mugs_cfg.train.epochs}",
-                                     f"train.eval_every={mugs_cfg.train.epochs}", "optim.weight_decay=0.05"])
-            train(sup, overwrite=True)
-            from vitlab.engine.checkpoint import load_eval_model
-
-            model = load_eval_model(sup.run_dir / "last.ckpt")
-            results["runs"][key] = _backbone_scores(model, mugs_cfg)
-            save()
-    if "raw_pixels" not in results["runs"]:
-        cfg = load_config(recipe, base)
-        results["runs"]["raw_pixels"] = _backbone_scores(_Pixels(), cfg)
-    results["summary"] = summarize(results["runs"])
-    save()
-    return results
-
-
-def _seed_order(key: str) -> tuple[str, int]:
-    label, _, seed = key.partition("/seed")
-    return label, int(seed) if seed.isdigit() else -1
-
-
-def merge_runs(paths: list[str | Path]) -> dict[str, Any]:
-    """The ``runs`` of several ``accuracy`` result files (e.g. seeds or methods run in separate processes), merged; a
-    key found in two files must hold the same scores."""
-    runs: dict[str, Any] = {}
-    for path in paths:
-        if not Path(path).is_file():
-            raise ValueError(f"{path}: no such result file (write one with `bench_mugs.py accuracy --out {path}`)")
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
-            raise ValueError(f"{path}: not an accuracy result file (expected a JSON object with a 'runs' object)")
-        for key, value in data["runs"].items():
-            scores = {m: value.get(m) for m in ("knn_top1", "probe_top1")}
-            if key in runs and scores != {m: runs[key].get(m) for m in scores}:
-                raise ValueError(f"{path}: {key} differs from an earlier file: {scores}")
-            runs[key] = value
-    return runs
-
-
-def summarize(runs: dict[str, Any]) -> dict[str, Any]:
-    """Mean, std and values per backbone over the seeds in ``runs``, the raw-pixel row and the gates."""
-    summary: dict[str, Any] = {}
-    for label in ("mugs", "gds_only", "random_init", "supervised"):
-        rows = [runs[k] for k in sorted(runs, key=_seed_order) if k.startswith(label + "/")]
-        if rows:
-            summary[label] = {m: _mean_std([r[m] for r in rows]) for m in ("knn_top1", "probe_top1")}
-    if "raw_pixels" in runs:
-        summary["raw_pixels"] = runs["raw_pixels"]
-    summary["gates"] = gates(summary)
-    return summary
-
-
-LABELS = {"mugs": "Mugs (IDS + LGDS + GDS)", "gds_only": "GDS-only (DINO-equivalent, same budget)",
-          "random_init": "random-init backbone", "supervised": "supervised reference (labels)"}
-
-
-def markdown_table(summary: dict[str, Any]) -> str:
-    """The summary of an ``accuracy`` run as the markdown table of docs/mugs.md, then its gate lines."""
-    def cell(row: dict[str, Any]) -> str:
-        values = ", ".join(f"{v:.1f}" for v in row["values"])
-        return f"{row['mean']:.1f} ± {row['std']:.1f} ({values})"
-
-    lines = ["| backbone | seeds | k-NN top-1 (%) (k = 20) | linear probe top-1 (%) |", "|---|---|---|---|"]
-    for label, name in LABELS.items():
-        if label in summary:
-            row = summary[label]
-            lines.append(f"| {name} | {len(row['knn_top1']['values'])} | {cell(row['knn_top1'])} | "
-                         f"{cell(row['probe_top1'])} |")
-    if "raw_pixels" in summary:
-        pixels = summary["raw_pixels"]
-        lines.append(f"| raw pixels (reference) | – | {pixels['knn_top1']:.1f} | {pixels['probe_top1']:.1f} |")
-    lines.append("")
-    for key, gate in gates(summary).items():
-        metric, test = key.split("/")
-        name = "k-NN" if metric == "knn_top1" else "probe"
-        if test == "mugs_minus_random":
-            lines.append(f"- {name}: Mugs − random init = {gate['diff']:+.1f} points; 3 × the larger seed std = "
-                         f"{gate['three_std']:.1f} → {'passes' if gate['pass'] else 'does NOT pass'}.")
-        else:
-            lines.append(f"- {name}: Mugs − GDS-only = {gate['diff']:+.1f} points (GDS-only seed std "
-                         f"{gate['gds_std']:.1f}) → Mugs {'≥' if gate['pass'] else '<'} GDS-only − 1 std.")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="speed", choices=("speed", "accuracy"))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data", default="digits", choices=("digits", "glyphs"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--supervised", action="store_true", help="also train the supervised reference")
-    parser.add_argument("--baselines-only", action="store_true",
-                        help="only the random-init, supervised (with --supervised) and raw-pixel rows")
-    parser.add_argument("--rescore", action="store_true", help="evaluate the trained checkpoints of --out again")
-    parser.add_argument("--methods", nargs="+", default=["mugs", "gds_only"], choices=("mugs", "gds_only"),
-                        help="which pretraining runs to make (split them across processes with different --out)")
-    parser.add_argument("--out", default="runs/mugs_bench/digits.json")
-    parser.add_argument("--table", nargs="*", metavar="MORE_JSON",
-                        help="print the markdown table of --out and of these result files, merged (no training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
     args = parser.parse_args(argv)
-    if args.table is not None:
-        try:
-            runs = merge_runs([args.out, *args.table])
-        except (ValueError, json.JSONDecodeError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(markdown_table(summarize(runs)))
-        return 0
-    results = run_speed(args) if args.mode == "speed" else run_accuracy(args)
-    print(json.dumps(results.get("summary", results), indent=2))
+    print(json.dumps(run_speed(args), indent=2))
     return 0
 
 

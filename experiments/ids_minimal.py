@@ -3,12 +3,12 @@ on the same backbone and the same Mugs crops as ``recipes/mugs/vit_tiny_digits.y
 vitlab's Mugs modules. It separates the training dynamics of the small-scale plan from faults of the Mugs code
 (docs/mugs.md, "Diagnosis"): if this loop collapses too, the setting does.
 
-    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10                 # the tiny ViT
-    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --backbone resnet18
-    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --simple-crops    # RandomResizedCrop only
-    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --simple-crops --min-scale 1  # identical views
-    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --bn              # MoCo-v3 BatchNorm in the heads
-    OMP_NUM_THREADS=1 python benchmarks/ids_minimal.py --epochs 10 --batch 32        # 4x the steps per epoch
+    OMP_NUM_THREADS=1 python experiments/ids_minimal.py --epochs 10                 # the tiny ViT
+    OMP_NUM_THREADS=1 python experiments/ids_minimal.py --epochs 10 --backbone resnet18
+    OMP_NUM_THREADS=1 python experiments/ids_minimal.py --epochs 10 --simple-crops    # RandomResizedCrop only
+    OMP_NUM_THREADS=1 python experiments/ids_minimal.py --epochs 10 --simple-crops --min-scale 1  # identical views
+    OMP_NUM_THREADS=1 python experiments/ids_minimal.py --epochs 10 --bn              # MoCo-v3 BatchNorm in the heads
+    OMP_NUM_THREADS=1 python experiments/ids_minimal.py --epochs 10 --batch 32        # 4x the steps per epoch
 
 Prints the teacher's k-NN top-1 (k = 20, T = 0.05, train → test) and the mean cosine between the teacher features of
 different test images, at initialisation and at the end.

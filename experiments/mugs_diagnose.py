@@ -1,10 +1,10 @@
 """Mugs diagnosis on digits: one short pretraining run, then its k-NN / probe scores and how parallel the teacher's
 [CLS] features of different images are (the mean cosine similarity over 300 test images; random init: about 0.90).
 
-    OMP_NUM_THREADS=1 python benchmarks/mugs_diagnose.py A                                   # the recipe, 10 epochs
-    OMP_NUM_THREADS=1 python benchmarks/mugs_diagnose.py F method.loss_weights=[1,0,0]       # IDS only
-    python benchmarks/mugs_diagnose.py --cosine runs/mugs_b32/digits/*/last.ckpt     # trained checkpoints only
-    python benchmarks/mugs_diagnose.py --loo knn_train runs/mugs_b32/glyphs/mugs_s0/last.ckpt  # leave-one-out k-NN
+    OMP_NUM_THREADS=1 python experiments/mugs_diagnose.py A                                   # the recipe, 10 epochs
+    OMP_NUM_THREADS=1 python experiments/mugs_diagnose.py F method.loss_weights=[1,0,0]       # IDS only
+    python experiments/mugs_diagnose.py --cosine runs/mugs_b32/digits/*/last.ckpt     # trained checkpoints only
+    python experiments/mugs_diagnose.py --loo knn_train runs/mugs_b32/glyphs/mugs_s0/last.ckpt  # leave-one-out k-NN
 
 Everything runs at 16 px (global crops 16, local crops 8), 10 epochs with 2 warm-up epochs; extra arguments are
 recipe overrides. Results of docs/mugs.md "Diagnosis".
@@ -12,6 +12,7 @@ recipe overrides. Results of docs/mugs.md "Diagnosis".
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -63,18 +64,28 @@ def loo_report(split: str, path: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="run name (runs/mugs_diagnose/NAME)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    parser.add_argument("--cosine", nargs="+", metavar="CKPT", help="teacher cosine of trained checkpoints only")
+    parser.add_argument("--loo", nargs="+", metavar="SPLIT CKPT", help="leave-one-out k-NN on SPLIT of checkpoints")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if argv and argv[0] == "--loo":
-        for path in argv[2:]:
-            loo_report(argv[1], path)
+    if args.loo:
+        if len(args.loo) < 2:
+            parser.error("--loo takes a split and at least one checkpoint")
+        for path in args.loo[1:]:
+            loo_report(args.loo[0], path)
         return
-    if argv and argv[0] == "--cosine":
-        for path in argv[1:]:
+    if args.cosine:
+        for path in args.cosine:
             method, _ = load_method(path)
             x, _ = collect(Mugs.eval_datasets(method.cfg)["knn_test"], 300)
             print(path, "teacher_cos", round(teacher_cosine(method, x), 4), flush=True)
         return
-    name, extra = argv[0], argv[1:]
+    if args.name is None:
+        parser.error("give a run name, --cosine or --loo")
+    name, extra = args.name, args.overrides
     base = ["out_dir=runs/mugs_diagnose", f"name={name}", "train.progress=false", "data.img_size=16",
             "data.batch_size=128", "method.crops.global_size=16", "method.crops.local_size=8", "train.epochs=10",
             "train.eval_every=10",

@@ -5,8 +5,8 @@ at 38), then runs the AutoAttack protocol with the ``custom`` cascade APGD-CE â†
 0, Îµ 8/255) on the whole test split, and finally prints the table of docs/robustness.md with the spec's gate: SCORE's
 mean AA robust accuracy must exceed TRADES-KL's by more than the pooled seed std. Finished runs are reused.
 
-    OMP_NUM_THREADS=1 python benchmarks/robust_plan.py --out runs/robust_plan            # everything (~2 h on 1 core)
-    python benchmarks/robust_plan.py --out runs/robust_plan --table-only                 # the table of finished runs
+    OMP_NUM_THREADS=1 python experiments/robust_plan.py --out runs/robust_plan            # everything (~2 h on 1 core)
+    python experiments/robust_plan.py --out runs/robust_plan --table-only                 # the table of finished runs
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Runs the recipes under recipes/hat/ with the budget overrides of ``PLAN`` (docum
 time, appending one JSON line per finished run to ``--out``/results.jsonl (finished runs are skipped when the
 script is started again). ``--report`` turns the results into the Markdown tables and the curves of docs/hat.md.
 
-Run: OMP_NUM_THREADS=1 python benchmarks/hat_experiments.py [--only digits_low]
-     python benchmarks/hat_experiments.py --report
+Run: OMP_NUM_THREADS=1 python experiments/hat_experiments.py [--only digits_low]
+     python experiments/hat_experiments.py --report
 """
 
 from __future__ import annotations

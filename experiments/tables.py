@@ -1,0 +1,127 @@
+"""Print a measured table of docs/ from its result files under results/<method>/ (no training, no measuring).
+
+Every measured table in docs/ names the command that prints it, ``python experiments/tables.py NAME``, and
+tests/experiments/test_docs_tables.py checks that the docs hold exactly this output, so a table cannot drift from its
+result files. Each table also names the command that writes its result files again.
+
+    python experiments/tables.py --list
+    python experiments/tables.py iformer_sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+
+# Paper / official figures that the measured rows are compared with (facts of ../shared/specs/iformer.md §2 and §6,
+# not measurements of this code): parameters, GFLOPs and ImageNet-1K top-1.
+IFORMER_SPEC: dict[str, tuple[str, str, str]] = {
+    "iformer_small": ("19,866,344", "4.8485", "83.4"),
+    "iformer_base": ("47,866,216", "9.3784", "84.6"),
+    "iformer_large": ("86,637,096", "14.0469", "84.8"),
+    "iformer_small_384": ("20,899,944", "16.098", "84.6"),
+    "iformer_base_384": ("48,936,296", "30.552", "85.7"),
+    "iformer_large_384": ("87,743,656", "45.335", "85.8"),
+    "test_iformer": ("1,173,482", "—", "—"),
+}
+IFORMER_LABELS = {"test_iformer": "`test_iformer` (32×32, 10 classes)"}
+
+# ../shared/specs/dualformer.md §2: backbone parameters and GFLOPs per 32x224x224 view of the official backbones
+DUALFORMER_SPEC: dict[str, tuple[str, str, str]] = {
+    "dualformer_tiny": ("DualFormer-T", "21,767,360", "60.09"),
+    "dualformer_small": ("DualFormer-S", "48,908,064", "158.69"),
+    "dualformer_base": ("DualFormer-B", "86,837,632", "267.97"),
+}
+
+
+def _gflops(flops: float) -> str:
+    g = flops / 1e9
+    return f"{g:.4f}" if g >= 1 else f"{g:.3g}"
+
+
+def iformer_sizes(results: list[dict[str, Any]]) -> str:
+    rows = ["| model | params | spec params | GFLOPs | spec GFLOPs | ImageNet-1K top-1 (paper / official logs) |",
+            "|---|---|---|---|---|---|"]
+    for row in results[0]["rows"]:
+        spec_params, spec_gflops, top1 = IFORMER_SPEC[row["model"]]
+        label = IFORMER_LABELS.get(row["model"], f"`{row['model']}`")
+        rows.append(f"| {label} | {row['params']:,} | {spec_params} | {_gflops(row['flops'])} | {spec_gflops} | "
+                    f"{top1} |")
+    return "\n".join(rows)
+
+
+def dualformer_sizes(results: list[dict[str, Any]]) -> str:
+    rows = ["| model | backbone params | spec | head (400 cl.) | GFLOPs/view | spec | 4-view total |",
+            "|---|---|---|---|---|---|---|"]
+    for row in results[0]["rows"]:
+        label, spec_params, spec_gflops = DUALFORMER_SPEC[row["model"]]
+        view = row["backbone_flops_per_view"] / 1e9
+        rows.append(f"| {label} | {row['backbone_params']:,} | {spec_params} | {row['head_params']:,} | {view:.3f} | "
+                    f"{spec_gflops} | {4 * view:.1f} |")
+    return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class Table:
+    files: tuple[str, ...]  # under results/
+    printer: Callable[[list[dict[str, Any]]], str]
+    writer: str  # the command that writes the result files again
+
+
+TABLES: dict[str, Table] = {
+    "iformer_sizes": Table(("iformer/complexity.json",), iformer_sizes, "python experiments/complexity.py iformer"),
+    "dualformer_sizes": Table(("dualformer/complexity.json",), dualformer_sizes,
+                              "python experiments/complexity.py dualformer"),
+}
+
+
+def render(name: str, results_dir: Path = RESULTS) -> str:
+    """The table ``name`` from its result files; ValueError (one line) for an unknown name or a missing file."""
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r} (one of: {', '.join(sorted(TABLES))})")
+    table = TABLES[name]
+    loaded = []
+    for rel in table.files:
+        path = results_dir / rel
+        if not path.is_file():
+            raise ValueError(f"{path}: no such result file (write it with `{table.writer}`)")
+        try:
+            loaded.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON ({err})") from None
+    try:
+        return table.printer(loaded)
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"{name}: result files of the wrong shape ({type(err).__name__}: {err})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="the table to print")
+    parser.add_argument("--list", action="store_true", help="list the tables, their result files and writers")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default: results/)")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, table in sorted(TABLES.items()):
+            print(f"{name}\t{', '.join('results/' + f for f in table.files)}\t{table.writer}")
+        return 0
+    if args.name is None:
+        parser.error("give a table name (--list lists them)")
+    try:
+        print(render(args.name, args.results))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
