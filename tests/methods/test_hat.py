@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.config import ConfigError, load_config
+from vitlab.losses.distillation import deit_distillation_loss
 from vitlab.methods.base import DataInfo, Progress, build_method
 from vitlab.methods.hat import (
-    deit_distillation_loss,
     hat_accumulate,
     input_scale,
     pass_weights,
@@ -50,16 +50,38 @@ def test_symmetric_kl_matches_loop_is_zero_and_symmetric() -> None:
     assert symmetric_kl(a, pa).abs().item() < 1e-6
 
 
-def test_soft_target_ce_and_deit_distillation_match_loops() -> None:
-    logits, teacher = torch.randn(3, 4), torch.randn(3, 4)
+def test_soft_target_ce_matches_a_loop() -> None:
+    logits = torch.randn(3, 4)
     target = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 3)
     ce = sum(-sum(float(target[b, k]) * math.log(float(logits[b].softmax(0)[k])) for k in range(4)) for b in range(3))
     assert soft_target_cross_entropy(logits, target).item() == pytest.approx(ce / 3, rel=1e-5)
-    tau = 2.0
-    soft = sum(naive_kl(teacher[b].div(tau).softmax(0), logits[b].div(tau).softmax(0)) for b in range(3))
-    assert deit_distillation_loss(logits, teacher, "soft", tau).item() == pytest.approx(soft * tau * tau / 12, rel=1e-5)
-    hard = F.cross_entropy(logits, teacher.argmax(-1))
-    assert deit_distillation_loss(logits, teacher, "hard", tau).item() == pytest.approx(hard.item())
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_kd_pass_mixes_the_distillation_token_loss_with_deit_formula(kind: str) -> None:
+    """One pass (δ = 0): ce_0 = (1 − α)·SoftCE(cls, y) + α·DeiT(dist, teacher(x)), the KL on the class head only."""
+
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls, self.dist = nn.Linear(3 * 8 * 8, 5), nn.Linear(3 * 8 * 8, 5)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.cls(x.flatten(1)), self.dist(x.flatten(1))
+
+    torch.manual_seed(0)
+    student, teacher = TwoHeads(), nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    x, target = batch()
+    step = hat_accumulate(student, x, target, iters=1, eps=EPS, step_size=ALPHA, ce_weight=3.0, kl_weight=0.01,
+                          scale=torch.ones(3), backward=lambda loss: loss.backward(), teacher=teacher,
+                          distill_type=kind, distill_alpha=0.3, distill_tau=2.0)
+    with torch.no_grad():
+        cls, dist = student(x)
+        distill = deit_distillation_loss(dist, teacher(x), kind, 2.0)
+        ce = 0.7 * soft_target_cross_entropy(cls, target) + 0.3 * distill
+    assert step.distill[0].item() == pytest.approx(distill.item(), rel=1e-6)
+    assert step.ce[0].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert step.losses[0].item() == pytest.approx(ce.item() + 0.01 * step.kl[0].item(), rel=1e-6)
 
 
 def test_pass_weights_are_the_spec_values() -> None:
