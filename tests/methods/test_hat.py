@@ -241,10 +241,19 @@ def test_config_errors_name_the_key() -> None:
 def test_pixel_space_and_highpass_delta_extension() -> None:
     method = tiny_hat_method(["method.eps_space=pixel", "method.delta_filter=highpass",
                               "method.delta_filter_radius=1", "method.clamp_to_image=true"])
+    from vitlab.analysis.frequency import lowpass
+
     assert torch.equal(method.delta_scale, torch.ones(3))
-    out = method.training_step({"image": torch.rand(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 3])},
-                               progress(0), CountingHelper())
-    assert torch.isfinite(out["loss"])
+    seen: list[torch.Tensor] = []
+    method.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    x = 0.1 + 0.8 * torch.rand(4, 3, 8, 8)
+    x[0, :, 0, 0] = 1.0  # a saturated pixel: without the clamp the model sees 1.0077 here (measured)
+    method.training_step({"image": x, "label": torch.tensor([0, 1, 2, 3])}, progress(0), CountingHelper())
+    assert len(seen) == 4  # clean pass, then k = 0, 1, 2
+    assert all(float(s.min()) >= 0.0 and float(s.max()) <= 1.0 for s in seen)
+    delta = seen[2][1:] - x[1:]  # δ_1 of the unsaturated images: pixel units, nothing clamped
+    assert 0 < float(delta.abs().max()) <= EPS + 1e-6
+    assert lowpass(delta, 1.0).abs().max() < 1e-6  # high-passed: nothing within radius 1 of the DC bin
 
 
 def test_vit_parameter_counts_match_the_readme() -> None:
