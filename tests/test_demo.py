@@ -30,6 +30,12 @@ def test_quick_robust_section_reports_both_methods_under_apgd(tmp_path: Path) ->
     rows = [line for line in report.splitlines() if line.startswith(("| TRADES-KL", "| SCORE"))]
     assert len(rows) == 2
     for row in rows:
-        clean, robust = (float(v) for v in row.split("|")[4:6])
-        assert 0.0 <= robust <= clean <= 100.0
+        cells = row.split("|")
+        clean, robust = float(cells[4]), float(cells[5])
+        # 2 training steps leave both models near chance (clean 0.0 and 12.5 measured): no accuracy to reach, but
+        # the attack cannot raise accuracy, both count the 16 attacked images (printed to 0.1), and it stays in 8/255
+        assert robust <= clean
+        for value in (clean, robust):
+            assert abs(value * 16 / 100 - round(value * 16 / 100)) < 0.01, row
+        assert float(cells[6].split("/")[0]) <= 8.0 + 1e-6, row
     assert (tmp_path / "robust" / "score_digits" / "last.ckpt").is_file()

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.config import ConfigError, load_config
+from vitlab.losses.distillation import deit_distillation_loss
 from vitlab.methods.base import DataInfo, Progress, build_method
 from vitlab.methods.hat import (
-    deit_distillation_loss,
     hat_accumulate,
     input_scale,
     pass_weights,
@@ -50,16 +50,38 @@ def test_symmetric_kl_matches_loop_is_zero_and_symmetric() -> None:
     assert symmetric_kl(a, pa).abs().item() < 1e-6
 
 
-def test_soft_target_ce_and_deit_distillation_match_loops() -> None:
-    logits, teacher = torch.randn(3, 4), torch.randn(3, 4)
+def test_soft_target_ce_matches_a_loop() -> None:
+    logits = torch.randn(3, 4)
     target = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 3)
     ce = sum(-sum(float(target[b, k]) * math.log(float(logits[b].softmax(0)[k])) for k in range(4)) for b in range(3))
     assert soft_target_cross_entropy(logits, target).item() == pytest.approx(ce / 3, rel=1e-5)
-    tau = 2.0
-    soft = sum(naive_kl(teacher[b].div(tau).softmax(0), logits[b].div(tau).softmax(0)) for b in range(3))
-    assert deit_distillation_loss(logits, teacher, "soft", tau).item() == pytest.approx(soft * tau * tau / 12, rel=1e-5)
-    hard = F.cross_entropy(logits, teacher.argmax(-1))
-    assert deit_distillation_loss(logits, teacher, "hard", tau).item() == pytest.approx(hard.item())
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_kd_pass_mixes_the_distillation_token_loss_with_deit_formula(kind: str) -> None:
+    """One pass (δ = 0): ce_0 = (1 − α)·SoftCE(cls, y) + α·DeiT(dist, teacher(x)), the KL on the class head only."""
+
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls, self.dist = nn.Linear(3 * 8 * 8, 5), nn.Linear(3 * 8 * 8, 5)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.cls(x.flatten(1)), self.dist(x.flatten(1))
+
+    torch.manual_seed(0)
+    student, teacher = TwoHeads(), nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    x, target = batch()
+    step = hat_accumulate(student, x, target, iters=1, eps=EPS, step_size=ALPHA, ce_weight=3.0, kl_weight=0.01,
+                          scale=torch.ones(3), backward=lambda loss: loss.backward(), teacher=teacher,
+                          distill_type=kind, distill_alpha=0.3, distill_tau=2.0)
+    with torch.no_grad():
+        cls, dist = student(x)
+        distill = deit_distillation_loss(dist, teacher(x), kind, 2.0)
+        ce = 0.7 * soft_target_cross_entropy(cls, target) + 0.3 * distill
+    assert step.distill[0].item() == pytest.approx(distill.item(), rel=1e-6)
+    assert step.ce[0].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert step.losses[0].item() == pytest.approx(ce.item() + 0.01 * step.kl[0].item(), rel=1e-6)
 
 
 def test_pass_weights_are_the_spec_values() -> None:
@@ -219,10 +241,19 @@ def test_config_errors_name_the_key() -> None:
 def test_pixel_space_and_highpass_delta_extension() -> None:
     method = tiny_hat_method(["method.eps_space=pixel", "method.delta_filter=highpass",
                               "method.delta_filter_radius=1", "method.clamp_to_image=true"])
+    from vitlab.analysis.frequency import lowpass
+
     assert torch.equal(method.delta_scale, torch.ones(3))
-    out = method.training_step({"image": torch.rand(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 3])},
-                               progress(0), CountingHelper())
-    assert torch.isfinite(out["loss"])
+    seen: list[torch.Tensor] = []
+    method.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    x = 0.1 + 0.8 * torch.rand(4, 3, 8, 8)
+    x[0, :, 0, 0] = 1.0  # a saturated pixel: without the clamp the model sees 1.0077 here (measured)
+    method.training_step({"image": x, "label": torch.tensor([0, 1, 2, 3])}, progress(0), CountingHelper())
+    assert len(seen) == 4  # clean pass, then k = 0, 1, 2
+    assert all(float(s.min()) >= 0.0 and float(s.max()) <= 1.0 for s in seen)
+    delta = seen[2][1:] - x[1:]  # δ_1 of the unsaturated images: pixel units, nothing clamped
+    assert 0 < float(delta.abs().max()) <= EPS + 1e-6
+    assert lowpass(delta, 1.0).abs().max() < 1e-6  # high-passed: nothing within radius 1 of the DC bin
 
 
 def test_vit_parameter_counts_match_the_readme() -> None:

@@ -44,7 +44,12 @@ def test_vit_small_imagenet_recipe_runs_one_step_on_an_image_folder(tmp_path: Pa
     ckpt = tmp_path / "runs" / "one_step" / "last.ckpt"
     assert main(["eval", "--ckpt", str(ckpt)]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0.0 <= evaluated["knn_top1"] <= 100.0 and "probe_top1" in evaluated
+    # noise images: no accuracy to reach (k-NN 33.3, probe 50.0 measured); `vitlab eval` on the checkpoint must
+    # reproduce the run's own evaluation (same weights, seeded probe), counted over the 6 validation images
+    assert set(evaluated) >= set(metrics)
+    for key, value in metrics.items():
+        assert evaluated[key] == pytest.approx(value, abs=1e-3), key
+        assert value * 6 / 100 == pytest.approx(round(value * 6 / 100), abs=1e-4), key
 
 
 def test_local_crop_size_the_backbone_cannot_take_is_a_one_line_error(tmp_path: Path,

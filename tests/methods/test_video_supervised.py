@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,9 @@ def test_vitlab_train_on_moving_digits_then_eval(tmp_path, capsys):
     metrics = read_eval_metrics(tmp_path / "md")
     assert metrics["views"] == 2 and metrics["flops_per_view"] == pytest.approx(TEST_DUALFORMER_FLOPS, rel=1e-5)
     assert metrics["flops_per_video"] == pytest.approx(2 * TEST_DUALFORMER_FLOPS, rel=1e-5)
-    assert 0 <= metrics["top1"] <= 100 and metrics["top5"] == 100.0  # 4 classes: top-5 holds every class
+    # 2 steps leave the model at chance (top-1 16.7 / 25.0 with seeds 0 / 1): the averaged-probability NLL is near
+    # ln 4 (1.376 / 1.383 measured); top-5 of 4 classes is 100 by construction and is not asserted
+    assert abs(metrics["loss"] - math.log(4)) < 0.15
     capsys.readouterr()
     assert main(["eval", "--ckpt", str(tmp_path / "md" / "last.ckpt")]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -147,7 +150,7 @@ def test_k400_recipe_one_step_with_dualformer_tiny(tmp_path, make_video_folder):
 
 @pytest.mark.slow  # `vitlab demo --quick` (tests/test_demo.py) runs this section too
 def test_demo_section_quick(tmp_path):
-    from vitlab.methods.video import _demo
+    from vitlab.demo.video import _demo
 
     body = _demo(tmp_path, quick=True)
     assert "test_dualformer" in body and "frame-averaged" in body and "| 2 |" in body

@@ -47,4 +47,5 @@ def test_autoattack_resnet18_w8a8_w4a4_int8(tmp_path: Path) -> None:
     assert report["fp"]["correct"] == 20  # type: ignore[index]
     assert report["w8a8_simulated"]["agree_with_fp"] >= 19  # type: ignore[index]
     assert report["int8"]["agree_with_fp"] >= 18  # type: ignore[index]
-    assert 0 <= report["w4a4_simulated"]["agree_with_fp"] <= 20  # type: ignore[index]  (reported, not gated)
+    # W4A4 without fine-tuning: 20 of 20 measured here, 19 in docs/clusterq.md; a broken 4-bit path agrees far less
+    assert report["w4a4_simulated"]["agree_with_fp"] >= 17  # type: ignore[index]

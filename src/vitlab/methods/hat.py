@@ -25,9 +25,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
 from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.losses.distillation import deit_total_loss
 from vitlab.methods.base import DataInfo, Method, Progress, StepHelper, register_method
 from vitlab.models.classifier import build_classifier
 
@@ -91,9 +93,8 @@ class HATConfig(MethodConfig):
 
 
 # ---- loss terms --------------------------------------------------------------------------------------------------
-def soft_target_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """mean_b Σ_k −target_bk · log softmax(logits)_bk. logits, target: (B, K) -> scalar."""
-    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+#: timm's soft-target CE, mean_b Σ_k −target_bk · log softmax(logits)_bk. logits, target: (B, K) -> scalar
+soft_target_cross_entropy = SoftTargetCrossEntropy()
 
 
 def symmetric_kl(logits: Tensor, p_clean: Tensor) -> Tensor:
@@ -108,18 +109,6 @@ def symmetric_kl(logits: Tensor, p_clean: Tensor) -> Tensor:
     forward = F.kl_div(log_p, p_clean, reduction="none").sum(dim=-1)  # KL(p_clean ‖ p)
     backward = F.kl_div(log_clean, p, reduction="none").sum(dim=-1)  # KL(p ‖ p_clean)
     return 0.5 * (forward + backward).mean()
-
-
-def deit_distillation_loss(student_dist: Tensor, teacher: Tensor, kind: str, tau: float) -> Tensor:
-    """DeiT's distillation term as in HAT's ``loss_adv.DistillationLoss``. (B, K) logits -> scalar.
-
-    soft: Σ KL(softmax(teacher/τ) ‖ softmax(student/τ))·τ² / (B·K) — DeiT divides by ``numel``, not B; hard: CE to
-    the teacher's argmax.
-    """
-    if kind == "hard":
-        return F.cross_entropy(student_dist, teacher.argmax(dim=-1))
-    return F.kl_div(F.log_softmax(student_dist / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1),
-                    reduction="sum", log_target=True) * (tau * tau) / student_dist.numel()
 
 
 def pass_weights(iters: int, ce_weight: float, kl_weight: float) -> list[tuple[float, float]]:
@@ -185,10 +174,9 @@ def hat_accumulate(model: nn.Module, x: Tensor, target: Tensor, *, iters: int, e
         if teacher is not None and distill_type != "none":
             with torch.no_grad():
                 teacher_logits = split_heads(teacher(x_adv.detach()))[0]  # the teacher sees x + δ too (spec §2.4)
-            distill = deit_distillation_loss(logits_dist if logits_dist is not None else logits, teacher_logits,
-                                             distill_type, distill_tau)
+            ce, distill = deit_total_loss(ce, logits_dist if logits_dist is not None else logits, teacher_logits,
+                                          distill_type, distill_alpha, distill_tau)
             step.distill.append(distill.detach())
-            ce = (1 - distill_alpha) * ce + distill_alpha * distill
         kl = symmetric_kl(logits.float(), p_clean)
         loss = w_ce * ce + w_kl * kl
         backward(loss)

@@ -1,7 +1,8 @@
 """Supervised classification: cross-entropy with label smoothing, mixup/cutmix, optional distillation.
 
-Distillation follows DeiT (Touvron et al., 2021, "Training data-efficient image transformers"): ``soft`` is
-KL(student/τ ‖ teacher/τ)·τ² and ``hard`` is cross-entropy to the teacher's argmax, mixed with the label loss as
+Distillation is DeiT's (Touvron et al., 2021, "Training data-efficient image transformers"), from
+:mod:`vitlab.losses.distillation`: ``soft`` is the summed KL(teacher/τ ‖ student/τ)·τ² divided by the number of
+logits, ``hard`` is cross-entropy to the teacher's argmax, mixed with the label loss as
 ``(1 - alpha)·CE + alpha·distill``.
 """
 
@@ -11,11 +12,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
 from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.losses.distillation import deit_total_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
 from vitlab.models.classifier import build_classifier
+
+soft_target_cross_entropy = SoftTargetCrossEntropy()  # timm's loss of mixup/cutmix targets: (B, K), (B, K) -> scalar
 
 
 @dataclass
@@ -36,19 +41,6 @@ class SupervisedConfig(MethodConfig):
             raise ConfigError(f"method.distill_alpha: got {self.distill_alpha}, expected a value in [0, 1]")
         if self.distill_tau <= 0:
             raise ConfigError(f"method.distill_tau: got {self.distill_tau}, expected a temperature > 0")
-
-
-def soft_target_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean over the batch of -sum_k target_k log softmax(logits)_k. logits, target: (B, K)."""
-    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-
-
-def distillation_loss(student: Tensor, teacher: Tensor, kind: str, tau: float) -> Tensor:
-    """DeiT distillation term. student, teacher: (B, K) logits."""
-    if kind == "hard":
-        return F.cross_entropy(student, teacher.argmax(dim=-1))
-    return F.kl_div(F.log_softmax(student / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1),
-                    reduction="batchmean", log_target=True) * tau * tau
 
 
 @register_method("supervised")
@@ -94,8 +86,8 @@ class Supervised(Method):
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
-            kd = distillation_loss(logits, teacher_logits, self.mcfg.distill_type, self.mcfg.distill_tau)
-            loss = (1 - self.mcfg.distill_alpha) * ce + self.mcfg.distill_alpha * kd
+            loss, kd = deit_total_loss(ce, logits, teacher_logits, self.mcfg.distill_type, self.mcfg.distill_alpha,
+                                       self.mcfg.distill_tau)
             out["distill"] = kd.detach()
         with torch.no_grad():
             out["acc"] = (logits.argmax(-1) == y).float().mean() if self.mixup is None else torch.zeros(())
