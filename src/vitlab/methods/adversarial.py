@@ -18,14 +18,14 @@ uses in place of ``ema.decay``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from vitlab.attacks.pgd import pgd, se_onehot_loss, trades_perturb
-from vitlab.attacks.threat import ATTACK_MODES, check_norm, model_mode, parse_eps
+from vitlab.attacks.threat import AttackMode, check_norm, model_mode, parse_eps
 from vitlab.config import ConfigError, MethodConfig, RunConfig
 from vitlab.engine.schedules import restarting_ema_decay
 from vitlab.losses.robust import check_distance_name, pgd_at_loss, probability_distance, trades_loss
@@ -41,9 +41,9 @@ class AdversarialConfig(MethodConfig):
     eps: str = "8/255"  # attack budget, a number or a fraction [--epsilon]
     step_size: str = "2/255"  # PGD step α [--pgd-alpha]
     steps: int = 10  # inner-maximisation steps [--attack-iters]
-    norm: str = "Linf"  # Linf | L2
-    attack_mode: str = "train_frozen_bn"  # eval | train_frozen_bn | train: how BN runs during the attack
-    attack_start: str = "uniform"  # uniform: x + U(-eps, eps) (DDPM code) | normal: x + 0.001 N(0, 1) (without_DDPM)
+    norm: str = "Linf"  # Linf | L2, any case
+    attack_mode: AttackMode = "train_frozen_bn"  # eval | train_frozen_bn | train: how BN runs during the attack
+    attack_start: Literal["uniform", "normal"] = "uniform"  # uniform: x + U(-eps, eps) (DDPM code) | normal: x + 0.001 N(0, 1) (without_DDPM)
     beta: float = 6.0  # weight of the robust term (TRADES lambda) [--beta / --TRADESlambda]
     # kl (TRADES; PGD-AT with CE) | se (SCORE) | js | js_sqrt | l1_square | kl_sqrt | rkl_sqrt | p=<r>
     distance: str = "kl"
@@ -55,7 +55,7 @@ class AdversarialConfig(MethodConfig):
     extra_fraction: float = 0.0  # fraction of every batch drawn from extra_data (0.7 in SCORE) [--unsup-fraction]
     # constant: ema.decay | score (needs ema.enabled): 0 for the updates k < 2.5% of all steps, then
     # min(ema.decay, (1+d)/(10+d)) with d = k - 2.5% of all steps (see score_ema_decay)
-    ema_schedule: str = "constant"
+    ema_schedule: Literal["constant", "score"] = "constant"
     eval_pgd_steps: int = 20  # PGD steps of the robust accuracy measured at each evaluation (0: off)
 
     def validate(self) -> None:
@@ -71,11 +71,6 @@ class AdversarialConfig(MethodConfig):
             raise ConfigError(f"method.{'distance' if 'distance' in str(exc) else 'norm'}: {exc}") from None
         if self.steps < 1:
             raise ConfigError(f"method.steps: got {self.steps}, expected an integer >= 1")
-        if self.attack_mode not in ATTACK_MODES:
-            raise ConfigError(f"method.attack_mode: got {self.attack_mode!r}, expected one of "
-                              f"{', '.join(ATTACK_MODES)}")
-        if self.attack_start not in ("uniform", "normal"):
-            raise ConfigError(f"method.attack_start: got {self.attack_start!r}, expected uniform or normal")
         if self.beta < 0:
             raise ConfigError(f"method.beta: got {self.beta}, expected a weight >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -87,8 +82,6 @@ class AdversarialConfig(MethodConfig):
             raise ConfigError(f"method.extra_fraction: got {self.extra_fraction}, expected a fraction in [0, 1)")
         if self.extra_fraction > 0 and not self.extra_data:
             raise ConfigError("method.extra_fraction: > 0 needs method.extra_data (an .npz with image and label)")
-        if self.ema_schedule not in ("constant", "score"):
-            raise ConfigError(f"method.ema_schedule: got {self.ema_schedule!r}, expected constant or score")
         if self.eval_pgd_steps < 0:
             raise ConfigError(f"method.eval_pgd_steps: got {self.eval_pgd_steps}, expected >= 0")
 
@@ -96,7 +89,7 @@ class AdversarialConfig(MethodConfig):
 @dataclass
 class PGDATConfig(AdversarialConfig):
     name: str = "pgd_at"
-    attack_mode: str = "eval"
+    attack_mode: AttackMode = "eval"
 
 
 @dataclass
@@ -123,16 +116,12 @@ def load_extra_data(path: str) -> tuple[Tensor, Tensor]:
     return x.float().contiguous(), torch.from_numpy(np.asarray(labels)).long()
 
 
-class AdversarialTraining(Method):
+class AdversarialTraining(Method[AdversarialConfig]):
     """One classifier trained on adversarial examples; subclasses define :meth:`forward` (attack and loss)."""
-
-    config_class = AdversarialConfig
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
-        mcfg = cfg.method
-        assert isinstance(mcfg, AdversarialConfig)
-        self.mcfg = mcfg
+        mcfg = self.mcfg
         self.eps = parse_eps(mcfg.eps)
         self.step_size = parse_eps(mcfg.step_size)
         self.norm = check_norm(mcfg.norm)

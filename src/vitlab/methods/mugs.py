@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -44,7 +44,8 @@ from vitlab.losses.mugs import GroupDiscriminationLoss, NeighbourMemory, QueueIn
 from vitlab.methods.base import DataInfo, Method, Progress, StepHelper, register_method
 from vitlab.models.classifier import ImageClassifier, build_classifier
 
-LGDS_QUERIES = ("prenorm_all_tokens", "postnorm_patch_mean")
+LGDSQuery = Literal["prenorm_all_tokens", "postnorm_patch_mean"]
+LGDS_QUERIES: tuple[str, ...] = get_args(LGDSQuery)
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ class LocalGroupConfig:
     memory_size: int = 65536  # neighbour memory; a multiple of the global batch (the teacher writes it every step)
     top_k: int = 8
     temperature: float = 0.2
-    query: str = "prenorm_all_tokens"  # prenorm_all_tokens (official code) | postnorm_patch_mean (pitfall 4)
+    query: LGDSQuery = "prenorm_all_tokens"  # prenorm_all_tokens (official code) | postnorm_patch_mean (pitfall 4)
     reproduce_pointer_skip: bool = False  # true: the official memory pointer that skips slots (pitfall 2)
 
 
@@ -138,8 +139,6 @@ class MugsConfig(MethodConfig):
 
         if len(self.loss_weights) != 3 or min(self.loss_weights) < 0 or sum(self.loss_weights) <= 0:
             raise bad("loss_weights", self.loss_weights, "three weights >= 0 (IDS, LGDS, GDS), not all 0")
-        if self.lgds.query not in LGDS_QUERIES:
-            raise bad("lgds.query", self.lgds.query, " or ".join(LGDS_QUERIES))
         if not 0.0 <= self.momentum_teacher <= 1.0:
             raise bad("momentum_teacher", self.momentum_teacher, "a value in [0, 1]")
         if self.clip_grad_per_param is not None and self.clip_grad_per_param <= 0:
@@ -315,24 +314,21 @@ def _eval_data(cfg: RunConfig, name: str | None) -> DataConfig:
 
 
 def crop_sizes(cfg: RunConfig) -> tuple[int, int]:
-    crops = cfg.method.crops  # type: ignore[attr-defined]
+    crops = Mugs.method_config(cfg).crops
     return (crops.global_size or cfg.data.img_size), crops.local_size
 
 
 # ---- the method ------------------------------------------------------------------------------------------------------
 @register_method("mugs")
-class Mugs(Method):
+class Mugs(Method[MugsConfig]):
     """IDS + LGDS + GDS pretraining of any ViT backbone (GDS / IDS alone also take any timm backbone)."""
 
-    config_class = MugsConfig
     automatic_optimization = False
     monitor = ("knn_top1", True)
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
-        mcfg = cfg.method
-        assert isinstance(mcfg, MugsConfig)
-        self.mcfg = mcfg
+        mcfg = self.mcfg
         global_size, local_size = crop_sizes(cfg)
         backbone = self._build_backbone(cfg, data, global_size)
         vit: Any = backbone.model
@@ -427,8 +423,7 @@ class Mugs(Method):
         ``probe_test``: plain images for evaluation."""
         from vitlab.data import TrainTransform, build_dataset
 
-        mcfg = cfg.method
-        assert isinstance(mcfg, MugsConfig)
+        mcfg = cls.method_config(cfg)
         if TrainTransform.is_active(cfg.data.aug) or cfg.data.aug.mixup > 0 or cfg.data.aug.cutmix > 0:
             raise ConfigError("data.aug: Mugs builds its own multi-crop augmentation from method.crops; leave data.aug "
                               "at its defaults")
@@ -447,7 +442,7 @@ class Mugs(Method):
     def eval_datasets(cfg: RunConfig) -> dict[str, Dataset]:
         from vitlab.data import build_dataset
 
-        ecfg = cfg.method.eval  # type: ignore[attr-defined]
+        ecfg = Mugs.method_config(cfg).eval
         knn = _eval_data(cfg, ecfg.knn_data)
         out = {"knn_train": build_dataset(knn, "train", train=False),
                "knn_test": build_dataset(knn, "test", train=False)}

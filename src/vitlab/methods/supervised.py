@@ -8,6 +8,7 @@ KL(student/τ ‖ teacher/τ)·τ² and ``hard`` is cross-entropy to the teacher
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +24,13 @@ class SupervisedConfig(MethodConfig):
     name: str = "supervised"
     label_smoothing: float = 0.0
     teacher_ckpt: str | None = None  # a vitlab checkpoint to distil from (its eval model is the teacher)
-    distill_type: str = "soft"  # soft | hard
+    distill_type: Literal["soft", "hard"] = "soft"
     distill_alpha: float = 0.5  # weight of the distillation term
     distill_tau: float = 1.0  # temperature of soft distillation
 
     def validate(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
-        if self.distill_type not in ("soft", "hard"):
-            raise ConfigError(f"method.distill_type: got {self.distill_type!r}, expected soft or hard")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ConfigError(f"method.distill_alpha: got {self.distill_alpha}, expected a value in [0, 1]")
         if self.distill_tau <= 0:
@@ -52,14 +51,11 @@ def distillation_loss(student: Tensor, teacher: Tensor, kind: str, tau: float) -
 
 
 @register_method("supervised")
-class Supervised(Method):
-    config_class = SupervisedConfig
+class Supervised(Method[SupervisedConfig]):
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
-        mcfg = cfg.method
-        assert isinstance(mcfg, SupervisedConfig)
-        self.mcfg = mcfg
+        mcfg = self.mcfg
         self.model = build_classifier(cfg.model, data.num_classes, data.channels, data.img_size, data.mean, data.std)
         from vitlab.data import build_mixup
 
