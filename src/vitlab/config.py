@@ -10,6 +10,7 @@ names the key and what is allowed; the command line turns it into exit code 2.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,17 +212,24 @@ def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
     return None
 
 
-def _check_choice(value: Any, choices: tuple[Any, ...], key: str) -> None:
+def _check_choice(value: Any, choices: tuple[Any, ...], key: str) -> Any:
+    """``value`` if it is one of ``choices`` (a number written for a string choice, ``precision: 32``, becomes the
+    string); raises a one-line :class:`ConfigError` naming ``key`` and the choices otherwise."""
     if isinstance(value, str) and "${" in value:  # an interpolation: checked once resolved
-        return
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and str(value) in choices:
+        return str(value)
     # bool is an int subclass: Literal[1] must not accept True
     if not any(value == c and type(value) is type(c) for c in choices):
         allowed = ", ".join("null" if c is None else str(c) for c in choices)
         raise ConfigError(f"{key}: got {value!r}, expected one of {allowed}")
+    return value
 
 
 def _check_keys(raw: Any, schema: Any, prefix: str) -> None:
-    """Reject keys the schema does not have and values outside a ``Literal`` field's choices, naming the full key."""
+    """Reject keys the schema does not have and values outside a ``Literal`` field's choices, naming the full key.
+
+    ``raw`` (plain dicts) is updated in place where a number stands for a string choice."""
     if not isinstance(raw, dict) or not dataclasses.is_dataclass(schema):
         return
     names = {f.name: f for f in dataclasses.fields(schema)}
@@ -233,7 +241,7 @@ def _check_keys(raw: Any, schema: Any, prefix: str) -> None:
                               f"{_allowed_keys(schema)})")
         choices = literal_choices(hints.get(key))
         if choices is not None:
-            _check_choice(value, choices, full)
+            raw[key] = _check_choice(value, choices, full)
         sub = getattr(schema, key)
         if dataclasses.is_dataclass(sub):
             if value is not None and not isinstance(value, dict):
@@ -283,7 +291,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     structured = OmegaConf.structured(schema)
     try:
-        merged = OmegaConf.merge(structured, raw)
+        merged = OmegaConf.merge(structured, OmegaConf.create(plain))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
@@ -378,6 +386,7 @@ def from_container(data: dict[str, Any]) -> RunConfig:
     """Rebuild a validated :class:`RunConfig` from :func:`to_container`'s output (e.g. from a checkpoint)."""
     method_name = str((data.get("method") or {}).get("name", "supervised"))
     schema = RunConfig(method=method_config_class(method_name)(name=method_name))
+    data = copy.deepcopy(data)
     _check_keys(data, schema, "")
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data)))

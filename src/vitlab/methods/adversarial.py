@@ -43,7 +43,8 @@ class AdversarialConfig(MethodConfig):
     steps: int = 10  # inner-maximisation steps [--attack-iters]
     norm: str = "Linf"  # Linf | L2, any case
     attack_mode: AttackMode = "train_frozen_bn"  # eval | train_frozen_bn | train: how BN runs during the attack
-    attack_start: Literal["uniform", "normal"] = "uniform"  # uniform: x + U(-eps, eps) (DDPM code) | normal: x + 0.001 N(0, 1) (without_DDPM)
+    # uniform: x + U(-eps, eps) (DDPM code) | normal: x + 0.001 N(0, 1) (without_DDPM)
+    attack_start: Literal["uniform", "normal"] = "uniform"
     beta: float = 6.0  # weight of the robust term (TRADES lambda) [--beta / --TRADESlambda]
     # kl (TRADES; PGD-AT with CE) | se (SCORE) | js | js_sqrt | l1_square | kl_sqrt | rkl_sqrt | p=<r>
     distance: str = "kl"

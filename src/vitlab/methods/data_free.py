@@ -67,7 +67,7 @@ class DataFreeQuantConfig(MethodConfig):
     bns_weight: float = 0.1
     kd_temperature: float = 20.0
     kd_alpha: float = 1.0
-    kd_reduction: Literal["mean", "batchmean"] | None = None  # mean (GDFQ) | batchmean (ClusterQ); None = the method's own
+    kd_reduction: Literal["mean", "batchmean"] | None = None  # GDFQ: mean, ClusterQ: batchmean; None = method default
     augment_prob: float | None = None  # ClusterQ only: per-batch RandomResizedCrop + flip probability; None = 0.5
     augment_hflip: bool = True  # ClusterQ only
     # ClusterQ (spec §2.2, §2.3)
@@ -78,7 +78,8 @@ class DataFreeQuantConfig(MethodConfig):
     diversity_weight: float = 0.1
     mean_jitter: float = 0.03
     var_jitter: float = 0.05
-    centroid_source: Literal["generated", "running_buffers"] = "generated"  # generated (intent) | running_buffers (released)
+    # generated (intent) | running_buffers (released)
+    centroid_source: Literal["generated", "running_buffers"] = "generated"
     diversity: Literal["jitter", "constant"] = "jitter"  # jitter (intent) | constant (released, no gradient)
     cbns_reduction: Literal["per_class", "released"] = "per_class"  # per_class (intent) | released
     align_start: int | None = None  # first aligned BN index; None = floor((n_BN + 1) / 2) - 2

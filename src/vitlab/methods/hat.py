@@ -43,9 +43,11 @@ class HATConfig(MethodConfig):
     adv_ce_weight: float = 3.0  # w_ce, weight of the adversarial CE of passes k >= 1 [--adv-ce-weight]
     adv_kl_weight: float = 0.01  # w_kl, weight of the symmetric KL in every pass [--adv-kl-weight]
     adv_epochs: int | None = None  # from this epoch on K = 1 (200 of 300 epochs in the paper); null: HAT throughout
-    eps_space: Literal["normalized", "pixel"] = "normalized"  # normalized: δ on the normalised input (official) | pixel: δ on the [0, 1] image
+    # normalized: δ on the normalised input (official) | pixel: δ on the [0, 1] image
+    eps_space: Literal["normalized", "pixel"] = "normalized"
     clamp_to_image: bool = False  # clamp x + δ to [0, 1] (the official code does not)
-    delta_filter: Literal["none", "highpass"] = "none"  # none (official) | highpass: keep only δ's frequencies outside delta_filter_radius
+    # none (official) | highpass: keep only δ's frequencies outside delta_filter_radius
+    delta_filter: Literal["none", "highpass"] = "none"
     delta_filter_radius: float = 4.0  # radius (frequency bins) of the high-pass extension
     label_smoothing: float = 0.1  # soft targets of the CE (timm's smoothing; mixup targets when data.aug.mixup > 0)
     teacher_ckpt: str | None = None  # a vitlab checkpoint to distil from: the KD variant (train_kd.py)

@@ -9,7 +9,7 @@ It cannot be trained (``vitlab train`` refuses it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +22,14 @@ from vitlab.quant.int8 import convert_int8
 __all__ = ["Int8Config", "Int8Model"]
 
 
+Int8Engine = Literal["x86", "fbgemm", "onednn", "qnnpack"]  # torch's quantized CPU engines
+INT8_ENGINES: tuple[str, ...] = get_args(Int8Engine)
+
+
 @dataclass
 class Int8Config(MethodConfig):
     name: str = "int8"
-    engine: Literal["x86", "fbgemm", "onednn", "qnnpack"] = "x86"  # torch quantized engine
+    engine: Int8Engine = "x86"
     source_ckpt: str = ""  # the checkpoint it was converted from (a record)
     source_method: str = ""  # zeroq | gdfq | clusterq | supervised ...
     calibration: str = ""  # generator | distilled | zeroq-distilled: where calibration images came from

@@ -36,7 +36,7 @@ PEG_KEY = "pos_embed"  # vitlab's name of DualFormer's PEG (official ``pos_block
 @dataclass
 class VideoSupervisedConfig(SupervisedConfig):
     name: str = "video_supervised"
-    average: Literal["prob", "logit"] = "prob"  # how test views are combined: prob (softmax averaging, official) | logit
+    average: Literal["prob", "logit"] = "prob"  # how test views are combined: prob (softmax mean, official) | logit
     max_views_per_forward: int | None = None  # evaluate at most this many views per forward (memory); null = all
     count_flops: bool = True  # count FLOPs per view with fvcore (once per run) and report them with the metrics
     backbone_lr_scale: float = 1.0  # learning-rate multiplier of everything but the classifier (official K400: 0.1)
