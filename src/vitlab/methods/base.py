@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, get_args, get_origin
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class Method(nn.Module, Generic[C]):
         super().__init_subclass__(**kwargs)
         if "config_class" in cls.__dict__:
             return
-        for base in getattr(cls, "__orig_bases__", ()):
+        for base in cls.__dict__.get("__orig_bases__", ()):  # its own bases only: subclasses inherit the class
             origin = get_origin(base)
             if isinstance(origin, type) and issubclass(origin, Method):
                 arg = get_args(base)[0]
@@ -111,7 +111,7 @@ class Method(nn.Module, Generic[C]):
         if not isinstance(mcfg, cls.config_class):
             raise ConfigError(f"method: {cls.__name__} needs a {cls.config_class.__name__} section, got "
                               f"{type(mcfg).__name__} (load the recipe with vitlab.config.load_config)")
-        return mcfg  # type: ignore[return-value]  # config_class is C (set from the Method[C] base)
+        return cast(C, mcfg)  # config_class is C: set from the Method[C] base
 
     # ---- data -----------------------------------------------------------------------------------------------------
     @classmethod
