@@ -123,7 +123,6 @@ def test_a_plugin_package_adds_a_method_through_the_entry_point_group(tmp_path: 
 def test_every_registered_method_has_its_config_registered() -> None:
     for name, cls in METHODS.items():
         assert method_config_class(name) is cls.config_class, name
-        assert cls.config_class().name == name or name == "trades", name  # trades shares AdversarialConfig's name
 
 
 # ---- generic configs -------------------------------------------------------------------------------------------------
