@@ -302,7 +302,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def _require(cond: bool, key: str, allowed: str, value: Any) -> None:
+def require(cond: bool, key: str, allowed: str, value: Any) -> None:
+    """The one style of a value check a schema cannot express: ``key: got <value>, expected <allowed>``."""
     if not cond:
         raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
 
@@ -323,33 +324,33 @@ def validate(cfg: RunConfig) -> None:
     """Check the ``Literal`` choices, then the values that types alone cannot (ranges, dependencies)."""
     check_choices(cfg, "")
     d, o, t = cfg.data, cfg.optim, cfg.train
-    _require(d.img_size >= 8, "data.img_size", "an integer >= 8", d.img_size)
-    _require(d.batch_size >= 1, "data.batch_size", "an integer >= 1", d.batch_size)
-    _require(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
-    _require(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
-    _require(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or >= 1",
+    require(d.img_size >= 8, "data.img_size", "an integer >= 8", d.img_size)
+    require(d.batch_size >= 1, "data.batch_size", "an integer >= 1", d.batch_size)
+    require(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
+    require(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
+    require(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or >= 1",
              d.train_per_class)
     for key in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):
         v = getattr(d.aug, key)
-        _require(0.0 <= v <= 1.0, f"data.aug.{key}", "a probability in [0, 1]", v)
+        require(0.0 <= v <= 1.0, f"data.aug.{key}", "a probability in [0, 1]", v)
     scale = d.aug.rrc_scale
-    _require(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1),
+    require(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1),
              "data.aug.rrc_scale", "null or [min, max] with 0 < min <= max <= 1", d.aug.rrc_scale)
-    _require(d.aug.mixup >= 0 and d.aug.cutmix >= 0, "data.aug.mixup", "alphas >= 0", (d.aug.mixup, d.aug.cutmix))
-    _require(o.lr > 0, "optim.lr", "a learning rate > 0", o.lr)
-    _require(o.min_lr >= 0, "optim.min_lr", "a value >= 0", o.min_lr)
-    _require(o.weight_decay >= 0, "optim.weight_decay", "a value >= 0", o.weight_decay)
-    _require(o.warmup_epochs >= 0, "optim.warmup_epochs", "a value >= 0", o.warmup_epochs)
-    _require(o.accum_steps >= 1, "optim.accum_steps", "an integer >= 1", o.accum_steps)
-    _require(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", "null or a norm > 0", o.clip_grad)
-    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two values in [0, 1)", o.betas)
-    _require(0.0 < cfg.ema.decay < 1.0, "ema.decay", "a value in (0, 1)", cfg.ema.decay)
-    _require(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
-    _require(t.log_every >= 1, "train.log_every", "an integer >= 1", t.log_every)
-    _require(t.eval_every >= 1, "train.eval_every", "an integer >= 1", t.eval_every)
-    _require(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "null or an integer >= 1",
+    require(d.aug.mixup >= 0 and d.aug.cutmix >= 0, "data.aug.mixup", "alphas >= 0", (d.aug.mixup, d.aug.cutmix))
+    require(o.lr > 0, "optim.lr", "a learning rate > 0", o.lr)
+    require(o.min_lr >= 0, "optim.min_lr", "a value >= 0", o.min_lr)
+    require(o.weight_decay >= 0, "optim.weight_decay", "a value >= 0", o.weight_decay)
+    require(o.warmup_epochs >= 0, "optim.warmup_epochs", "a value >= 0", o.warmup_epochs)
+    require(o.accum_steps >= 1, "optim.accum_steps", "an integer >= 1", o.accum_steps)
+    require(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", "null or a norm > 0", o.clip_grad)
+    require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two values in [0, 1)", o.betas)
+    require(0.0 < cfg.ema.decay < 1.0, "ema.decay", "a value in (0, 1)", cfg.ema.decay)
+    require(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
+    require(t.log_every >= 1, "train.log_every", "an integer >= 1", t.log_every)
+    require(t.eval_every >= 1, "train.eval_every", "an integer >= 1", t.eval_every)
+    require(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "null or an integer >= 1",
              t.steps_per_epoch)
-    _require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
+    require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name: got {cfg.name!r}, expected a non-empty run name without '/'")
     check = getattr(cfg.method, "validate", None)

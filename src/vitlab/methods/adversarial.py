@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from vitlab.attacks.pgd import pgd, se_onehot_loss, trades_perturb
 from vitlab.attacks.threat import AttackMode, check_norm, model_mode, parse_eps
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.engine.schedules import restarting_ema_decay
 from vitlab.losses.robust import check_distance_name, pgd_at_loss, probability_distance, trades_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
@@ -70,21 +70,15 @@ class AdversarialConfig(MethodConfig):
             check_distance_name(self.distance)
         except ValueError as exc:
             raise ConfigError(f"method.{'distance' if 'distance' in str(exc) else 'norm'}: {exc}") from None
-        if self.steps < 1:
-            raise ConfigError(f"method.steps: got {self.steps}, expected an integer >= 1")
-        if self.beta < 0:
-            raise ConfigError(f"method.beta: got {self.beta}, expected a weight >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
-        if self.clip_value < 0 or not 0.0 <= self.clip_loss < 1.0:
-            raise ConfigError(f"method.clip_value / clip_loss: got {self.clip_value} / {self.clip_loss}, expected "
-                              "clip_value >= 0 and clip_loss in [0, 1)")
-        if not 0.0 <= self.extra_fraction < 1.0:
-            raise ConfigError(f"method.extra_fraction: got {self.extra_fraction}, expected a fraction in [0, 1)")
-        if self.extra_fraction > 0 and not self.extra_data:
+        require(self.steps >= 1, "method.steps", "an integer >= 1", self.steps)
+        require(self.beta >= 0, "method.beta", "a weight >= 0", self.beta)
+        require(0.0 <= self.label_smoothing < 1.0, "method.label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        require(self.clip_value >= 0, "method.clip_value", "a value >= 0", self.clip_value)
+        require(0.0 <= self.clip_loss < 1.0, "method.clip_loss", "a value in [0, 1)", self.clip_loss)
+        require(0.0 <= self.extra_fraction < 1.0, "method.extra_fraction", "a fraction in [0, 1)", self.extra_fraction)
+        if self.extra_fraction > 0 and not self.extra_data:  # a dependency between keys
             raise ConfigError("method.extra_fraction: > 0 needs method.extra_data (an .npz with image and label)")
-        if self.eval_pgd_steps < 0:
-            raise ConfigError(f"method.eval_pgd_steps: got {self.eval_pgd_steps}, expected >= 0")
+        require(self.eval_pgd_steps >= 0, "method.eval_pgd_steps", "an integer >= 0", self.eval_pgd_steps)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.methods.base import DataInfo, Method
 from vitlab.models.classifier import ImageClassifier, build_classifier
 from vitlab.quant.data import SyntheticLabels
@@ -93,20 +93,16 @@ class DataFreeQuantConfig(MethodConfig):
     def validate(self) -> None:
         for key in ("wbits", "abits"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not MIN_BITS <= value <= MAX_BITS:
-                raise ConfigError(f"method.{key}: got {value!r}, expected an integer bit width from {MIN_BITS} to "
-                                  f"{MAX_BITS}")
-        unknown = [a for a in self.act_after if a not in ("relu", "relu6", "gelu", "silu")]
-        if unknown:
-            raise ConfigError(f"method.act_after: unknown activation(s) {unknown}, expected relu, relu6, gelu, silu")
-        if self.augment_prob is not None and not 0.0 <= self.augment_prob <= 1.0:
-            raise ConfigError(f"method.augment_prob: got {self.augment_prob}, expected a probability in [0, 1]")
+            require(not isinstance(value, bool) and MIN_BITS <= value <= MAX_BITS, f"method.{key}",
+                    f"an integer bit width from {MIN_BITS} to {MAX_BITS}", value)
+        require(all(a in ("relu", "relu6", "gelu", "silu") for a in self.act_after), "method.act_after",
+                "activations among relu, relu6, gelu, silu", self.act_after)
+        require(self.augment_prob is None or 0.0 <= self.augment_prob <= 1.0, "method.augment_prob",
+                "null or a probability in [0, 1]", self.augment_prob)
         for key in ("iters_per_epoch", "latent_dim", "centroid_samples", "distill_images", "distill_steps"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"method.{key}: got {getattr(self, key)}, expected an integer >= 1")
-        if not 0.0 < self.centroid_decay <= 1.0:
-            raise ConfigError(f"method.centroid_decay: got {self.centroid_decay}, expected a value in (0, 1]")
-        if (self.input_mean is None) != (self.input_std is None):
+            require(getattr(self, key) >= 1, f"method.{key}", "an integer >= 1", getattr(self, key))
+        require(0.0 < self.centroid_decay <= 1.0, "method.centroid_decay", "a value in (0, 1]", self.centroid_decay)
+        if (self.input_mean is None) != (self.input_std is None):  # a dependency between keys
             raise ConfigError("method.input_mean / method.input_std: give both or neither")
 
 

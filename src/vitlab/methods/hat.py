@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.methods.base import DataInfo, Method, Progress, StepHelper, register_method
 from vitlab.models.classifier import build_classifier
 
@@ -59,8 +59,7 @@ class HATConfig(MethodConfig):
     def validate(self) -> None:
         from vitlab.attacks.threat import parse_eps
 
-        if self.adv_iters < 1:
-            raise ConfigError(f"method.adv_iters: got {self.adv_iters}, expected an integer >= 1")
+        require(self.adv_iters >= 1, "method.adv_iters", "an integer >= 1", self.adv_iters)
         for key in ("adv_eps", "adv_lr"):
             try:
                 parse_eps(getattr(self, key))
@@ -71,19 +70,14 @@ class HATConfig(MethodConfig):
                 parse_eps(value)
             except ValueError as exc:
                 raise ConfigError(f"method.eval_pgd_eps: {exc}") from None
-        if self.adv_ce_weight < 0 or self.adv_kl_weight < 0:
-            raise ConfigError(f"method.adv_ce_weight / adv_kl_weight: got {self.adv_ce_weight} / "
-                              f"{self.adv_kl_weight}, expected weights >= 0")
-        if self.adv_epochs is not None and self.adv_epochs < 0:
-            raise ConfigError(f"method.adv_epochs: got {self.adv_epochs}, expected null or an epoch >= 0")
-        if self.delta_filter_radius < 0:
-            raise ConfigError(f"method.delta_filter_radius: got {self.delta_filter_radius}, expected a radius >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ConfigError(f"method.distill_alpha: got {self.distill_alpha}, expected a value in [0, 1]")
-        if self.distill_tau <= 0:
-            raise ConfigError(f"method.distill_tau: got {self.distill_tau}, expected a temperature > 0")
+        require(self.adv_ce_weight >= 0, "method.adv_ce_weight", "a weight >= 0", self.adv_ce_weight)
+        require(self.adv_kl_weight >= 0, "method.adv_kl_weight", "a weight >= 0", self.adv_kl_weight)
+        require(self.adv_epochs is None or self.adv_epochs >= 0, "method.adv_epochs", "null or an epoch >= 0",
+                self.adv_epochs)
+        require(self.delta_filter_radius >= 0, "method.delta_filter_radius", "a radius >= 0", self.delta_filter_radius)
+        require(0.0 <= self.label_smoothing < 1.0, "method.label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        require(0.0 <= self.distill_alpha <= 1.0, "method.distill_alpha", "a value in [0, 1]", self.distill_alpha)
+        require(self.distill_tau > 0, "method.distill_tau", "a temperature > 0", self.distill_tau)
 
 
 # ---- loss terms --------------------------------------------------------------------------------------------------

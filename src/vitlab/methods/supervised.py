@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import MethodConfig, RunConfig, require
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
 from vitlab.models.classifier import build_classifier
 
@@ -29,12 +29,9 @@ class SupervisedConfig(MethodConfig):
     distill_tau: float = 1.0  # temperature of soft distillation
 
     def validate(self) -> None:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ConfigError(f"method.distill_alpha: got {self.distill_alpha}, expected a value in [0, 1]")
-        if self.distill_tau <= 0:
-            raise ConfigError(f"method.distill_tau: got {self.distill_tau}, expected a temperature > 0")
+        require(0.0 <= self.label_smoothing < 1.0, "method.label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        require(0.0 <= self.distill_alpha <= 1.0, "method.distill_alpha", "a value in [0, 1]", self.distill_alpha)
+        require(self.distill_tau > 0, "method.distill_tau", "a temperature > 0", self.distill_tau)
 
 
 def soft_target_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

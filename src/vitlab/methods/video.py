@@ -24,7 +24,7 @@ import timm
 import torch
 from torch import nn
 
-from vitlab.config import ConfigError, RunConfig
+from vitlab.config import ConfigError, RunConfig, require
 from vitlab.methods.base import DataInfo, register_method
 from vitlab.methods.supervised import Supervised, SupervisedConfig
 
@@ -45,10 +45,9 @@ class VideoSupervisedConfig(SupervisedConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.max_views_per_forward is not None and self.max_views_per_forward < 1:
-            raise ConfigError(f"method.max_views_per_forward: got {self.max_views_per_forward}, expected null or >= 1")
-        if self.backbone_lr_scale <= 0:
-            raise ConfigError(f"method.backbone_lr_scale: got {self.backbone_lr_scale}, expected a value > 0")
+        require(self.max_views_per_forward is None or self.max_views_per_forward >= 1, "method.max_views_per_forward",
+                "null or >= 1", self.max_views_per_forward)
+        require(self.backbone_lr_scale > 0, "method.backbone_lr_scale", "a value > 0", self.backbone_lr_scale)
 
 
 def _is_video_model(name: str) -> bool:
