@@ -56,7 +56,7 @@ class VideoConfig:
     crop_scale: list[float] | None = None  # training random-resized-crop area range (K400: [0.08, 1.0]); null = off
     hflip: float = 0.0  # training horizontal flip probability (K400: 0.5; 0 when a flip changes the label)
     test_short_side: int | None = None  # test: resize the short side to this before cropping (K400: 224)
-    label: str = "motion"  # moving_digits: motion | digit
+    label: Literal["motion", "digit"] = "motion"  # moving_digits: the class of a video
     num_frames: int = 16  # moving_digits: frames of each generated video
     digit_size: int = 16  # moving_digits: side of the digit sprite on the img_size canvas
     train_videos_per_digit: int = 4  # moving_digits: training videos per training digit (random start and motion)
