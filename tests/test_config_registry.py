@@ -164,8 +164,8 @@ LITERALS = _all_literal_fields()
 
 def test_the_fixed_choices_are_literal_fields() -> None:
     keys = {key for _, key, _ in LITERALS}
-    for key in ("train.precision", "optim.name", "optim.schedule", "data.channels", "method.eps_space",
-                "method.distill_type", "method.attack_mode", "method.lgds.query", "method.engine",
+    for key in ("train.precision", "optim.name", "optim.schedule", "data.channels", "data.video.label",
+                "method.eps_space", "method.distill_type", "method.attack_mode", "method.lgds.query", "method.engine",
                 "method.kd_reduction", "method.param_grouping"):
         assert key in keys, key
 
