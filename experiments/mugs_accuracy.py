@@ -110,7 +110,7 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
             label, seed = key.split("/")
             recipe_cfg = load_config(recipe, [*base, f"train.seed={seed[4:]}"])
             method, _ = load_method(Path(base[0].split("=", 1)[1]) / f"{label}_s{seed[4:]}" / "last.ckpt")
-            method.mcfg.eval = recipe_cfg.method.eval  # type: ignore[attr-defined]
+            method.mcfg.eval = Mugs.method_config(recipe_cfg).eval
             results["runs"][key] = {**_scores(method), "train_s": results["runs"][key].get("train_s", 0.0)}
             print("rescored", key, results["runs"][key], flush=True)
         save()

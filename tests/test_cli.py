@@ -42,6 +42,19 @@ def test_bad_input_exits_2_naming_the_culprit(argv: list[str], needle: str, caps
     assert err.startswith("error:") and needle in err
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["train", "-c", "recipes/hat/vit_tiny_digits.yaml", "--set", "method.eps_space=pixels"],
+     "error: method.eps_space: got 'pixels', expected one of normalized, pixel"),
+    (["train", "-c", RECIPE, "--set", "method.distill_type=none"],
+     "error: method.distill_type: got 'none', expected one of soft, hard"),
+    (["train", "-c", RECIPE, "--set", "train.precision=fp8"],
+     "error: train.precision: got 'fp8', expected one of 32-true, 32, bf16-mixed, 16-mixed, bf16-true"),
+])
+def test_a_value_outside_the_fixed_choices_exits_2(argv: list[str], line: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == line
+
+
 def test_info_resnet18_json() -> None:
     res = run_cli("info", "resnet18", "--json")
     assert res.returncode == 0, res.stderr

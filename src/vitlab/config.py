@@ -10,10 +10,11 @@ names the key and what is allowed; the command line turns it into exit code 2.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -55,7 +56,7 @@ class VideoConfig:
     crop_scale: list[float] | None = None  # training random-resized-crop area range (K400: [0.08, 1.0]); null = off
     hflip: float = 0.0  # training horizontal flip probability (K400: 0.5; 0 when a flip changes the label)
     test_short_side: int | None = None  # test: resize the short side to this before cropping (K400: 224)
-    label: str = "motion"  # moving_digits: motion | digit
+    label: Literal["motion", "digit"] = "motion"  # moving_digits: the class of a video
     num_frames: int = 16  # moving_digits: frames of each generated video
     digit_size: int = 16  # moving_digits: side of the digit sprite on the img_size canvas
     train_videos_per_digit: int = 4  # moving_digits: training videos per training digit (random start and motion)
@@ -74,7 +75,7 @@ class DataConfig:
     name: str = "digits"  # digits | glyphs | glyphs_fewshot | image_folder | cifar10 | cifar100
     root: str | None = None  # folder of a user data set (image_folder, cifar*); unused for bundled sets
     img_size: int = 32  # side of the (square) images given to the model
-    channels: int = 3  # 1 or 3
+    channels: Literal[1, 3] = 3
     train_per_class: int | None = None  # keep only this many training images per class (low-data regime)
     batch_size: int = 128  # per process; the global batch is batch_size * world size
     eval_batch_size: int = 256
@@ -98,7 +99,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3  # peak learning rate (after warm-up), for the global batch
     min_lr: float = 0.0  # final learning rate of the cosine schedule
     weight_decay: float = 0.05
@@ -106,7 +107,7 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: str = "cosine"  # cosine | constant | step
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
     warmup_epochs: float = 0.0
     warmup_lr: float = 0.0  # learning rate at the start of the warm-up
     step_milestones: list[float] = field(default_factory=list)  # epochs at which the lr is multiplied by step_gamma
@@ -127,11 +128,11 @@ class EmaConfig:
 class TrainConfig:
     epochs: int = 10
     seed: int = 0  # base seed; process r uses seed + r
-    accelerator: str = "auto"  # auto | cpu | cuda
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
     devices: str = "auto"  # "auto", a count ("2") or a list ("0,1")
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | fsdp
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    strategy: Literal["auto", "ddp", "fsdp", "single_device"] = "auto"
+    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
     log_every: int = 20  # steps between log lines
     eval_every: int = 1  # epochs between evaluations
     ckpt_every_steps: int = 0  # also write last.ckpt every N steps (0: only at epoch ends)
@@ -174,9 +175,11 @@ def register_method_config(name: str, config_cls: type[MethodConfig]) -> None:
 
 
 def method_config_class(name: str) -> type[MethodConfig]:
-    # Importing the methods package registers every built-in method.
-    import vitlab.methods  # noqa: F401
+    """The schema ``method.name: <name>`` selects; the methods (built-in and plugins) are imported on first use."""
+    if name not in _METHOD_CONFIGS:
+        from vitlab.plugins import load_method_plugins
 
+        load_method_plugins()
     if name not in _METHOD_CONFIGS:
         raise ConfigError(f"method.name: unknown method {name!r} (allowed: {', '.join(sorted(_METHOD_CONFIGS))})")
     return _METHOD_CONFIGS[name]
@@ -197,16 +200,48 @@ def _schema_at(path: list[str], schema: Any) -> Any:
     return node
 
 
+def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal[...]`` field (``Literal[...] | None`` adds None), or None for other types."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    args = get_args(annotation)
+    if type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1 and get_origin(inner[0]) is Literal:
+            return (*get_args(inner[0]), None)
+    return None
+
+
+def _check_choice(value: Any, choices: tuple[Any, ...], key: str) -> Any:
+    """``value`` if it is one of ``choices`` (a number written for a string choice, ``precision: 32``, becomes the
+    string); raises a one-line :class:`ConfigError` naming ``key`` and the choices otherwise."""
+    if isinstance(value, str) and "${" in value:  # an interpolation: checked once resolved
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and str(value) in choices:
+        return str(value)
+    # bool is an int subclass: Literal[1] must not accept True
+    if not any(value == c and type(value) is type(c) for c in choices):
+        allowed = ", ".join("null" if c is None else str(c) for c in choices)
+        raise ConfigError(f"{key}: got {value!r}, expected one of {allowed}")
+    return value
+
+
 def _check_keys(raw: Any, schema: Any, prefix: str) -> None:
-    """Reject keys the schema does not have, naming the full key and the allowed ones."""
+    """Reject keys the schema does not have and values outside a ``Literal`` field's choices, naming the full key.
+
+    ``raw`` (plain dicts) is updated in place where a number stands for a string choice."""
     if not isinstance(raw, dict) or not dataclasses.is_dataclass(schema):
         return
     names = {f.name: f for f in dataclasses.fields(schema)}
+    hints = get_type_hints(type(schema))
     for key, value in raw.items():
         full = f"{prefix}{key}"
         if key not in names:
             raise ConfigError(f"{full}: unknown key (allowed in {prefix.rstrip('.') or 'the recipe'}: "
                               f"{_allowed_keys(schema)})")
+        choices = literal_choices(hints.get(key))
+        if choices is not None:
+            raw[key] = _check_choice(value, choices, full)
         sub = getattr(schema, key)
         if dataclasses.is_dataclass(sub):
             if value is not None and not isinstance(value, dict):
@@ -256,7 +291,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     structured = OmegaConf.structured(schema)
     try:
-        merged = OmegaConf.merge(structured, raw)
+        merged = OmegaConf.merge(structured, OmegaConf.create(plain))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
@@ -267,50 +302,55 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def _require(cond: bool, key: str, allowed: str, value: Any) -> None:
+def require(cond: bool, key: str, allowed: str, value: Any) -> None:
+    """The one style of a value check a schema cannot express: ``key: got <value>, expected <allowed>``."""
     if not cond:
         raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
 
 
+def check_choices(node: Any, prefix: str) -> None:
+    """Check every ``Literal`` field of a config dataclass (and its sub-sections) against its choices."""
+    hints = get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        choices = literal_choices(hints.get(f.name))
+        if choices is not None:
+            _check_choice(value, choices, prefix + f.name)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_choices(value, f"{prefix}{f.name}.")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Check values that types alone cannot (ranges, choices)."""
+    """Check the ``Literal`` choices, then the values that types alone cannot (ranges, dependencies)."""
+    check_choices(cfg, "")
     d, o, t = cfg.data, cfg.optim, cfg.train
-    _require(d.channels in (1, 3), "data.channels", "1 or 3", d.channels)
-    _require(d.img_size >= 8, "data.img_size", "an integer >= 8", d.img_size)
-    _require(d.batch_size >= 1, "data.batch_size", "an integer >= 1", d.batch_size)
-    _require(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
-    _require(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
-    _require(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or >= 1",
+    require(d.img_size >= 8, "data.img_size", "an integer >= 8", d.img_size)
+    require(d.batch_size >= 1, "data.batch_size", "an integer >= 1", d.batch_size)
+    require(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
+    require(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
+    require(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or >= 1",
              d.train_per_class)
     for key in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):
         v = getattr(d.aug, key)
-        _require(0.0 <= v <= 1.0, f"data.aug.{key}", "a probability in [0, 1]", v)
+        require(0.0 <= v <= 1.0, f"data.aug.{key}", "a probability in [0, 1]", v)
     scale = d.aug.rrc_scale
-    _require(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1),
+    require(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1),
              "data.aug.rrc_scale", "null or [min, max] with 0 < min <= max <= 1", d.aug.rrc_scale)
-    _require(d.aug.mixup >= 0 and d.aug.cutmix >= 0, "data.aug.mixup", "alphas >= 0", (d.aug.mixup, d.aug.cutmix))
-    _require(o.name in ("adamw", "sgd"), "optim.name", "adamw or sgd", o.name)
-    _require(o.lr > 0, "optim.lr", "a learning rate > 0", o.lr)
-    _require(o.min_lr >= 0, "optim.min_lr", "a value >= 0", o.min_lr)
-    _require(o.weight_decay >= 0, "optim.weight_decay", "a value >= 0", o.weight_decay)
-    _require(o.schedule in ("cosine", "constant", "step"), "optim.schedule", "cosine, constant or step", o.schedule)
-    _require(o.warmup_epochs >= 0, "optim.warmup_epochs", "a value >= 0", o.warmup_epochs)
-    _require(o.accum_steps >= 1, "optim.accum_steps", "an integer >= 1", o.accum_steps)
-    _require(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", "null or a norm > 0", o.clip_grad)
-    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two values in [0, 1)", o.betas)
-    _require(0.0 < cfg.ema.decay < 1.0, "ema.decay", "a value in (0, 1)", cfg.ema.decay)
-    _require(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
-    _require(t.log_every >= 1, "train.log_every", "an integer >= 1", t.log_every)
-    _require(t.eval_every >= 1, "train.eval_every", "an integer >= 1", t.eval_every)
-    _require(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "null or an integer >= 1",
+    require(d.aug.mixup >= 0 and d.aug.cutmix >= 0, "data.aug.mixup", "alphas >= 0", (d.aug.mixup, d.aug.cutmix))
+    require(o.lr > 0, "optim.lr", "a learning rate > 0", o.lr)
+    require(o.min_lr >= 0, "optim.min_lr", "a value >= 0", o.min_lr)
+    require(o.weight_decay >= 0, "optim.weight_decay", "a value >= 0", o.weight_decay)
+    require(o.warmup_epochs >= 0, "optim.warmup_epochs", "a value >= 0", o.warmup_epochs)
+    require(o.accum_steps >= 1, "optim.accum_steps", "an integer >= 1", o.accum_steps)
+    require(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", "null or a norm > 0", o.clip_grad)
+    require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two values in [0, 1)", o.betas)
+    require(0.0 < cfg.ema.decay < 1.0, "ema.decay", "a value in (0, 1)", cfg.ema.decay)
+    require(t.epochs >= 1, "train.epochs", "an integer >= 1", t.epochs)
+    require(t.log_every >= 1, "train.log_every", "an integer >= 1", t.log_every)
+    require(t.eval_every >= 1, "train.eval_every", "an integer >= 1", t.eval_every)
+    require(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "null or an integer >= 1",
              t.steps_per_epoch)
-    _require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
-    _require(t.precision in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "train.precision",
-             "32-true, bf16-mixed or 16-mixed", t.precision)
-    _require(t.accelerator in ("auto", "cpu", "cuda", "gpu", "mps"), "train.accelerator", "auto, cpu or cuda",
-             t.accelerator)
-    _require(t.strategy in ("auto", "ddp", "fsdp", "single_device"), "train.strategy", "auto, ddp or fsdp",
-             t.strategy)
+    require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name: got {cfg.name!r}, expected a non-empty run name without '/'")
     check = getattr(cfg.method, "validate", None)
@@ -347,6 +387,7 @@ def from_container(data: dict[str, Any]) -> RunConfig:
     """Rebuild a validated :class:`RunConfig` from :func:`to_container`'s output (e.g. from a checkpoint)."""
     method_name = str((data.get("method") or {}).get("name", "supervised"))
     schema = RunConfig(method=method_config_class(method_name)(name=method_name))
+    data = copy.deepcopy(data)
     _check_keys(data, schema, "")
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitlab.config import load_config
+from vitlab.config import ConfigError, load_config
 from vitlab.data import DataError, build_dataset, dataset_names
 
 
@@ -44,7 +44,6 @@ def test_moving_digits_label_digit_and_the_settings_reach_the_set():
 
 @pytest.mark.parametrize("override, key", [
     ("data.video.num_crops=3", "data.video.num_crops"),
-    ("data.video.label=colour", "data.video.label"),
     ("data.channels=1", "data.channels"),
     ("data.video.clip_len=0", "data.video.clip_len"),
     ("data.video.hflip=1.5", "data.video.hflip"),
@@ -53,6 +52,11 @@ def test_moving_digits_label_digit_and_the_settings_reach_the_set():
 def test_moving_digits_bad_settings_name_the_key(override, key):
     with pytest.raises(DataError, match=key.replace(".", r"\.")):
         build_dataset(data_cfg("data.name=moving_digits", override), "train", train=True)
+
+
+def test_an_unknown_video_label_is_refused_by_the_schema():
+    with pytest.raises(ConfigError, match=r"^data\.video\.label: got 'colour', expected one of motion, digit$"):
+        data_cfg("data.name=moving_digits", "data.video.label=colour")
 
 
 def test_video_folder_train_and_test_views(tmp_path, make_video_folder):

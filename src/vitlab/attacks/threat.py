@@ -10,13 +10,15 @@ import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 NORMS = ("Linf", "L2")
 #: how the model runs while an attack computes gradients (``attack_mode`` of the training recipes)
-ATTACK_MODES = ("eval", "train_frozen_bn", "train")
+AttackMode = Literal["eval", "train_frozen_bn", "train"]
+ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
 
 _RANGE_TOL = 1e-6  # float slack on [0, 1] and on the ε-ball (0.0313726 vs 0.0313725 has been observed)
 

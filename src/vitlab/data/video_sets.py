@@ -76,8 +76,6 @@ def build_moving_digits(cfg: DataConfig, split: str, train: bool) -> Dataset:
     """
     _check_split("moving_digits", split)
     v = check_video_config(cfg)
-    if v.label not in ("motion", "digit"):
-        raise DataError(f"data.video.label: got {v.label!r}, expected motion or digit")
     if v.num_crops != 1:
         raise DataError("data.video.num_crops: moving_digits clips are the whole canvas; expected 1")
     if v.digit_size > cfg.img_size:

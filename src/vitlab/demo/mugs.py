@@ -38,6 +38,6 @@ def _demo(folder: Path, quick: bool) -> str:
     return "\n".join([
         f"A ViT (patch 4, width 96) pretrained for {cfg.train.epochs} epoch(s) on 16-px digits with IDS + LGDS + GDS; "
         "the teacher backbone's features are scored without fine-tuning (k-NN k = 20, T = 0.05; linear probe on the "
-        f"concatenated [CLS] of the last {cfg.method.eval.probe_last_blocks} blocks). docs/mugs.md has the 3-seed "  # type: ignore[attr-defined]
-        "table and the GDS-only comparison.",
+        f"concatenated [CLS] of the last {Mugs.method_config(cfg).eval.probe_last_blocks} blocks). docs/mugs.md has "
+        "the 3-seed table and the GDS-only comparison.",
         "", "| backbone | k-NN top-1 (%) | linear probe top-1 (%) |", "|---|---|---|", *rows])

@@ -185,8 +185,9 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     # ---- data and method ------------------------------------------------------------------------------------------
     method_cls = METHODS[cfg.method.name] if cfg.method.name in METHODS else None
     if method_cls is None:
-        import vitlab.methods  # noqa: F401
+        from vitlab.plugins import load_method_plugins
 
+        load_method_plugins()
         method_cls = METHODS[cfg.method.name]
     # Bundled sets are rendered and cached on first use: one process per node builds, the others then read the cache.
     if fabric.local_rank == 0:

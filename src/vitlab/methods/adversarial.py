@@ -18,15 +18,15 @@ uses in place of ``ema.decay``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from vitlab.attacks.pgd import pgd, se_onehot_loss, trades_perturb
-from vitlab.attacks.threat import ATTACK_MODES, check_norm, model_mode, parse_eps
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.attacks.threat import AttackMode, check_norm, model_mode, parse_eps
+from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.engine.schedules import restarting_ema_decay
 from vitlab.losses.robust import check_distance_name, pgd_at_loss, probability_distance, trades_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
@@ -41,9 +41,10 @@ class AdversarialConfig(MethodConfig):
     eps: str = "8/255"  # attack budget, a number or a fraction [--epsilon]
     step_size: str = "2/255"  # PGD step α [--pgd-alpha]
     steps: int = 10  # inner-maximisation steps [--attack-iters]
-    norm: str = "Linf"  # Linf | L2
-    attack_mode: str = "train_frozen_bn"  # eval | train_frozen_bn | train: how BN runs during the attack
-    attack_start: str = "uniform"  # uniform: x + U(-eps, eps) (DDPM code) | normal: x + 0.001 N(0, 1) (without_DDPM)
+    norm: str = "Linf"  # Linf | L2, any case
+    attack_mode: AttackMode = "train_frozen_bn"  # eval | train_frozen_bn | train: how BN runs during the attack
+    # uniform: x + U(-eps, eps) (DDPM code) | normal: x + 0.001 N(0, 1) (without_DDPM)
+    attack_start: Literal["uniform", "normal"] = "uniform"
     beta: float = 6.0  # weight of the robust term (TRADES lambda) [--beta / --TRADESlambda]
     # kl (TRADES; PGD-AT with CE) | se (SCORE) | js | js_sqrt | l1_square | kl_sqrt | rkl_sqrt | p=<r>
     distance: str = "kl"
@@ -55,7 +56,7 @@ class AdversarialConfig(MethodConfig):
     extra_fraction: float = 0.0  # fraction of every batch drawn from extra_data (0.7 in SCORE) [--unsup-fraction]
     # constant: ema.decay | score (needs ema.enabled): 0 for the updates k < 2.5% of all steps, then
     # min(ema.decay, (1+d)/(10+d)) with d = k - 2.5% of all steps (see score_ema_decay)
-    ema_schedule: str = "constant"
+    ema_schedule: Literal["constant", "score"] = "constant"
     eval_pgd_steps: int = 20  # PGD steps of the robust accuracy measured at each evaluation (0: off)
 
     def validate(self) -> None:
@@ -69,34 +70,21 @@ class AdversarialConfig(MethodConfig):
             check_distance_name(self.distance)
         except ValueError as exc:
             raise ConfigError(f"method.{'distance' if 'distance' in str(exc) else 'norm'}: {exc}") from None
-        if self.steps < 1:
-            raise ConfigError(f"method.steps: got {self.steps}, expected an integer >= 1")
-        if self.attack_mode not in ATTACK_MODES:
-            raise ConfigError(f"method.attack_mode: got {self.attack_mode!r}, expected one of "
-                              f"{', '.join(ATTACK_MODES)}")
-        if self.attack_start not in ("uniform", "normal"):
-            raise ConfigError(f"method.attack_start: got {self.attack_start!r}, expected uniform or normal")
-        if self.beta < 0:
-            raise ConfigError(f"method.beta: got {self.beta}, expected a weight >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
-        if self.clip_value < 0 or not 0.0 <= self.clip_loss < 1.0:
-            raise ConfigError(f"method.clip_value / clip_loss: got {self.clip_value} / {self.clip_loss}, expected "
-                              "clip_value >= 0 and clip_loss in [0, 1)")
-        if not 0.0 <= self.extra_fraction < 1.0:
-            raise ConfigError(f"method.extra_fraction: got {self.extra_fraction}, expected a fraction in [0, 1)")
-        if self.extra_fraction > 0 and not self.extra_data:
+        require(self.steps >= 1, "method.steps", "an integer >= 1", self.steps)
+        require(self.beta >= 0, "method.beta", "a weight >= 0", self.beta)
+        require(0.0 <= self.label_smoothing < 1.0, "method.label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        require(self.clip_value >= 0, "method.clip_value", "a value >= 0", self.clip_value)
+        require(0.0 <= self.clip_loss < 1.0, "method.clip_loss", "a value in [0, 1)", self.clip_loss)
+        require(0.0 <= self.extra_fraction < 1.0, "method.extra_fraction", "a fraction in [0, 1)", self.extra_fraction)
+        if self.extra_fraction > 0 and not self.extra_data:  # a dependency between keys
             raise ConfigError("method.extra_fraction: > 0 needs method.extra_data (an .npz with image and label)")
-        if self.ema_schedule not in ("constant", "score"):
-            raise ConfigError(f"method.ema_schedule: got {self.ema_schedule!r}, expected constant or score")
-        if self.eval_pgd_steps < 0:
-            raise ConfigError(f"method.eval_pgd_steps: got {self.eval_pgd_steps}, expected >= 0")
+        require(self.eval_pgd_steps >= 0, "method.eval_pgd_steps", "an integer >= 0", self.eval_pgd_steps)
 
 
 @dataclass
 class PGDATConfig(AdversarialConfig):
     name: str = "pgd_at"
-    attack_mode: str = "eval"
+    attack_mode: AttackMode = "eval"
 
 
 @dataclass
@@ -123,16 +111,12 @@ def load_extra_data(path: str) -> tuple[Tensor, Tensor]:
     return x.float().contiguous(), torch.from_numpy(np.asarray(labels)).long()
 
 
-class AdversarialTraining(Method):
+class AdversarialTraining(Method[AdversarialConfig]):
     """One classifier trained on adversarial examples; subclasses define :meth:`forward` (attack and loss)."""
-
-    config_class = AdversarialConfig
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
-        mcfg = cfg.method
-        assert isinstance(mcfg, AdversarialConfig)
-        self.mcfg = mcfg
+        mcfg = self.mcfg
         self.eps = parse_eps(mcfg.eps)
         self.step_size = parse_eps(mcfg.step_size)
         self.norm = check_norm(mcfg.norm)

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, get_args, get_origin
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vitlab.config import MethodConfig, RunConfig, register_method_config
+from vitlab.config import ConfigError, MethodConfig, RunConfig, register_method_config
 
 
 @dataclass
@@ -70,19 +70,48 @@ class StepHelper(Protocol):
     def set_lr(self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None: ...
 
 
-class Method(nn.Module):
-    """Base class of every training method; subclasses are registered with :func:`register_method`."""
+C = TypeVar("C", bound=MethodConfig)
+
+
+class Method(nn.Module, Generic[C]):
+    """Base class of every training method; subclasses are registered with :func:`register_method`.
+
+    A method is generic over its config schema: ``class HAT(Method[HATConfig])`` makes ``HATConfig`` the schema of
+    the ``method`` section (:attr:`config_class`) and types :attr:`mcfg`, the run's ``method`` section, as one.
+    """
 
     name: ClassVar[str] = ""
+    #: the schema of the ``method`` section; set from the ``Method[XConfig]`` base (or explicitly)
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     automatic_optimization: ClassVar[bool] = True
     #: the metric ``best.ckpt`` is chosen by, and whether larger is better
     monitor: ClassVar[tuple[str, bool]] = ("top1", True)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            return
+        for base in cls.__dict__.get("__orig_bases__", ()):  # its own bases only: subclasses inherit the class
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Method):
+                arg = get_args(base)[0]
+                if isinstance(arg, type) and issubclass(arg, MethodConfig):
+                    cls.config_class = arg
+
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__()
         self.cfg = cfg
         self.data = data
+        self.mcfg: C = self.method_config(cfg)
+
+    @classmethod
+    def method_config(cls, cfg: RunConfig) -> C:
+        """``cfg.method``, checked to be this method's schema (:attr:`config_class`) and typed as it."""
+        mcfg = cfg.method
+        if not isinstance(mcfg, cls.config_class):
+            raise ConfigError(f"method: {cls.__name__} needs a {cls.config_class.__name__} section, got "
+                              f"{type(mcfg).__name__} (load the recipe with vitlab.config.load_config)")
+        return cast(C, mcfg)  # config_class is C: set from the Method[C] base
 
     # ---- data -----------------------------------------------------------------------------------------------------
     @classmethod
@@ -174,13 +203,16 @@ def _prefix_of(root: nn.Module, sub: nn.Module) -> str:
     return ""
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: dict[str, type[Method[Any]]] = {}
 
 
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+M = TypeVar("M", bound="Method[Any]")
+
+
+def register_method(name: str) -> Callable[[type[M]], type[M]]:
     """Class decorator: ``@register_method("score")`` makes ``method.name: score`` select the class and its config."""
 
-    def wrap(cls: type[Method]) -> type[Method]:
+    def wrap(cls: type[M]) -> type[M]:
         cls.name = name
         METHODS[name] = cls
         register_method_config(name, cls.config_class)
@@ -189,7 +221,8 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return wrap
 
 
-def build_method(cfg: RunConfig, data: DataInfo) -> Method:
-    import vitlab.methods  # noqa: F401  (registers the built-in methods)
+def build_method(cfg: RunConfig, data: DataInfo) -> Method[Any]:
+    from vitlab.plugins import load_method_plugins
 
+    load_method_plugins()  # the built-in methods and those of installed plugins
     return METHODS[cfg.method.name](cfg, data)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.methods.base import DataInfo, Method
 from vitlab.models.classifier import ImageClassifier, build_classifier
 from vitlab.quant.data import SyntheticLabels
@@ -59,7 +59,7 @@ class DataFreeQuantConfig(MethodConfig):
     iters_per_epoch: int = 200
     warmup_epochs: int = 50  # generator-only epochs; the student is stepped from this epoch on
     calib_epochs: int = 4  # activation ranges move in epochs 0 .. calib_epochs-1, then freeze
-    generator: str = "auto"  # auto (imagenet for >= 64 px) | cifar | imagenet
+    generator: Literal["auto", "cifar", "imagenet"] = "auto"  # auto (imagenet for >= 64 px) | cifar | imagenet
     latent_dim: int = 100
     generator_bn_eps: float = 0.8  # the reference's BatchNorm2d(C, 0.8): eps, kept for fidelity
     generator_lr: float = 1e-3  # Adam; multiplied by optim.step_gamma at optim.step_milestones like the student
@@ -67,7 +67,7 @@ class DataFreeQuantConfig(MethodConfig):
     bns_weight: float = 0.1
     kd_temperature: float = 20.0
     kd_alpha: float = 1.0
-    kd_reduction: str | None = None  # mean (GDFQ) | batchmean (ClusterQ); None = the method's own
+    kd_reduction: Literal["mean", "batchmean"] | None = None  # GDFQ: mean, ClusterQ: batchmean; None = method default
     augment_prob: float | None = None  # ClusterQ only: per-batch RandomResizedCrop + flip probability; None = 0.5
     augment_hflip: bool = True  # ClusterQ only
     # ClusterQ (spec §2.2, §2.3)
@@ -78,9 +78,10 @@ class DataFreeQuantConfig(MethodConfig):
     diversity_weight: float = 0.1
     mean_jitter: float = 0.03
     var_jitter: float = 0.05
-    centroid_source: str = "generated"  # generated (intent) | running_buffers (released)
-    diversity: str = "jitter"  # jitter (intent) | constant (released, no gradient)
-    cbns_reduction: str = "per_class"  # per_class (intent) | released
+    # generated (intent) | running_buffers (released)
+    centroid_source: Literal["generated", "running_buffers"] = "generated"
+    diversity: Literal["jitter", "constant"] = "jitter"  # jitter (intent) | constant (released, no gradient)
+    cbns_reduction: Literal["per_class", "released"] = "per_class"  # per_class (intent) | released
     align_start: int | None = None  # first aligned BN index; None = floor((n_BN + 1) / 2) - 2
     # ZeroQ (spec §2.5)
     distill_images: int = 32
@@ -92,27 +93,16 @@ class DataFreeQuantConfig(MethodConfig):
     def validate(self) -> None:
         for key in ("wbits", "abits"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not MIN_BITS <= value <= MAX_BITS:
-                raise ConfigError(f"method.{key}: got {value!r}, expected an integer bit width from {MIN_BITS} to "
-                                  f"{MAX_BITS}")
-        choices = {"generator": ("auto", "cifar", "imagenet"), "centroid_source": ("generated", "running_buffers"),
-                   "diversity": ("jitter", "constant"), "cbns_reduction": ("per_class", "released"),
-                   "kd_reduction": (None, "mean", "batchmean")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"method.{key}: got {getattr(self, key)!r}, expected one of "
-                                  f"{', '.join(str(a) for a in allowed)}")
-        unknown = [a for a in self.act_after if a not in ("relu", "relu6", "gelu", "silu")]
-        if unknown:
-            raise ConfigError(f"method.act_after: unknown activation(s) {unknown}, expected relu, relu6, gelu, silu")
-        if self.augment_prob is not None and not 0.0 <= self.augment_prob <= 1.0:
-            raise ConfigError(f"method.augment_prob: got {self.augment_prob}, expected a probability in [0, 1]")
+            require(not isinstance(value, bool) and MIN_BITS <= value <= MAX_BITS, f"method.{key}",
+                    f"an integer bit width from {MIN_BITS} to {MAX_BITS}", value)
+        require(all(a in ("relu", "relu6", "gelu", "silu") for a in self.act_after), "method.act_after",
+                "activations among relu, relu6, gelu, silu", self.act_after)
+        require(self.augment_prob is None or 0.0 <= self.augment_prob <= 1.0, "method.augment_prob",
+                "null or a probability in [0, 1]", self.augment_prob)
         for key in ("iters_per_epoch", "latent_dim", "centroid_samples", "distill_images", "distill_steps"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"method.{key}: got {getattr(self, key)}, expected an integer >= 1")
-        if not 0.0 < self.centroid_decay <= 1.0:
-            raise ConfigError(f"method.centroid_decay: got {self.centroid_decay}, expected a value in (0, 1]")
-        if (self.input_mean is None) != (self.input_std is None):
+            require(getattr(self, key) >= 1, f"method.{key}", "an integer >= 1", getattr(self, key))
+        require(0.0 < self.centroid_decay <= 1.0, "method.centroid_decay", "a value in (0, 1]", self.centroid_decay)
+        if (self.input_mean is None) != (self.input_std is None):  # a dependency between keys
             raise ConfigError("method.input_mean / method.input_std: give both or neither")
 
 
@@ -142,8 +132,7 @@ def _require_teacher_path(cfg: RunConfig) -> str:
 
 def teacher_data_info(cfg: RunConfig) -> DataInfo:
     """Number of classes, input statistics and class names of the teacher, without reading any data set."""
-    mcfg = cfg.method
-    assert isinstance(mcfg, DataFreeQuantConfig)
+    mcfg = DataFreeQuantMethod.method_config(cfg)
     path = _require_teacher_path(cfg)
     if _is_vitlab_checkpoint(path):
         from vitlab.engine.checkpoint import load_checkpoint
@@ -183,10 +172,9 @@ def load_teacher(cfg: RunConfig, info: DataInfo) -> ImageClassifier:
 
 
 # ---- the shared method ----------------------------------------------------------------------------------------------
-class DataFreeQuantMethod(Method):
+class DataFreeQuantMethod(Method[DataFreeQuantConfig]):
     """Teacher, fake-quantised student and the data-free training set; subclasses add how images are synthesised."""
 
-    config_class = DataFreeQuantConfig
     automatic_optimization = False
     act_range_mode = "ema"
     input_mean: Tensor
@@ -194,9 +182,7 @@ class DataFreeQuantMethod(Method):
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
-        mcfg = cfg.method
-        assert isinstance(mcfg, DataFreeQuantConfig)
-        self.mcfg = mcfg
+        mcfg = self.mcfg
         self.teacher = load_teacher(cfg, data)
         self.student = copy.deepcopy(self.teacher)
         self.student.model = quantize_model(self.teacher.model, mcfg.wbits, mcfg.abits, mcfg.skip, mcfg.act_after,
@@ -213,9 +199,7 @@ class DataFreeQuantMethod(Method):
         from vitlab.data import build_dataset
 
         info = teacher_data_info(cfg)
-        mcfg = cfg.method
-        assert isinstance(mcfg, DataFreeQuantConfig)
-        length = cls.steps_per_epoch(mcfg) * cfg.data.batch_size
+        length = cls.steps_per_epoch(cls.method_config(cfg)) * cfg.data.batch_size
         return {"train": SyntheticLabels(info.num_classes, length, info.mean, info.std, info.classes),
                 "test": build_dataset(cfg.data, "test", train=False)}
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.losses.distillation import deit_total_loss
 from vitlab.methods.base import DataInfo, Method, Progress, StepHelper, register_method
 from vitlab.models.classifier import build_classifier
@@ -45,13 +45,15 @@ class HATConfig(MethodConfig):
     adv_ce_weight: float = 3.0  # w_ce, weight of the adversarial CE of passes k >= 1 [--adv-ce-weight]
     adv_kl_weight: float = 0.01  # w_kl, weight of the symmetric KL in every pass [--adv-kl-weight]
     adv_epochs: int | None = None  # from this epoch on K = 1 (200 of 300 epochs in the paper); null: HAT throughout
-    eps_space: str = "normalized"  # normalized: δ on the normalised input (official) | pixel: δ on the [0, 1] image
+    # normalized: δ on the normalised input (official) | pixel: δ on the [0, 1] image
+    eps_space: Literal["normalized", "pixel"] = "normalized"
     clamp_to_image: bool = False  # clamp x + δ to [0, 1] (the official code does not)
-    delta_filter: str = "none"  # none (official) | highpass: keep only δ's frequencies outside delta_filter_radius
+    # none (official) | highpass: keep only δ's frequencies outside delta_filter_radius
+    delta_filter: Literal["none", "highpass"] = "none"
     delta_filter_radius: float = 4.0  # radius (frequency bins) of the high-pass extension
     label_smoothing: float = 0.1  # soft targets of the CE (timm's smoothing; mixup targets when data.aug.mixup > 0)
     teacher_ckpt: str | None = None  # a vitlab checkpoint to distil from: the KD variant (train_kd.py)
-    distill_type: str = "soft"  # none | soft | hard [--distillation-type]
+    distill_type: Literal["none", "soft", "hard"] = "soft"  # [--distillation-type]
     distill_alpha: float = 0.5  # [--distillation-alpha]
     distill_tau: float = 1.0  # [--distillation-tau]
     eval_pgd_eps: list[str] = field(default_factory=list)  # pixel L∞ budgets of a PGD-10 check at evaluation
@@ -59,8 +61,7 @@ class HATConfig(MethodConfig):
     def validate(self) -> None:
         from vitlab.attacks.threat import parse_eps
 
-        if self.adv_iters < 1:
-            raise ConfigError(f"method.adv_iters: got {self.adv_iters}, expected an integer >= 1")
+        require(self.adv_iters >= 1, "method.adv_iters", "an integer >= 1", self.adv_iters)
         for key in ("adv_eps", "adv_lr"):
             try:
                 parse_eps(getattr(self, key))
@@ -71,25 +72,14 @@ class HATConfig(MethodConfig):
                 parse_eps(value)
             except ValueError as exc:
                 raise ConfigError(f"method.eval_pgd_eps: {exc}") from None
-        if self.adv_ce_weight < 0 or self.adv_kl_weight < 0:
-            raise ConfigError(f"method.adv_ce_weight / adv_kl_weight: got {self.adv_ce_weight} / "
-                              f"{self.adv_kl_weight}, expected weights >= 0")
-        if self.adv_epochs is not None and self.adv_epochs < 0:
-            raise ConfigError(f"method.adv_epochs: got {self.adv_epochs}, expected null or an epoch >= 0")
-        if self.eps_space not in ("normalized", "pixel"):
-            raise ConfigError(f"method.eps_space: got {self.eps_space!r}, expected normalized or pixel")
-        if self.delta_filter not in ("none", "highpass"):
-            raise ConfigError(f"method.delta_filter: got {self.delta_filter!r}, expected none or highpass")
-        if self.delta_filter_radius < 0:
-            raise ConfigError(f"method.delta_filter_radius: got {self.delta_filter_radius}, expected a radius >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
-        if self.distill_type not in ("none", "soft", "hard"):
-            raise ConfigError(f"method.distill_type: got {self.distill_type!r}, expected none, soft or hard")
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ConfigError(f"method.distill_alpha: got {self.distill_alpha}, expected a value in [0, 1]")
-        if self.distill_tau <= 0:
-            raise ConfigError(f"method.distill_tau: got {self.distill_tau}, expected a temperature > 0")
+        require(self.adv_ce_weight >= 0, "method.adv_ce_weight", "a weight >= 0", self.adv_ce_weight)
+        require(self.adv_kl_weight >= 0, "method.adv_kl_weight", "a weight >= 0", self.adv_kl_weight)
+        require(self.adv_epochs is None or self.adv_epochs >= 0, "method.adv_epochs", "null or an epoch >= 0",
+                self.adv_epochs)
+        require(self.delta_filter_radius >= 0, "method.delta_filter_radius", "a radius >= 0", self.delta_filter_radius)
+        require(0.0 <= self.label_smoothing < 1.0, "method.label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        require(0.0 <= self.distill_alpha <= 1.0, "method.distill_alpha", "a value in [0, 1]", self.distill_alpha)
+        require(self.distill_tau > 0, "method.distill_tau", "a temperature > 0", self.distill_tau)
 
 
 # ---- loss terms --------------------------------------------------------------------------------------------------
@@ -198,10 +188,9 @@ def hat_accumulate(model: nn.Module, x: Tensor, target: Tensor, *, iters: int, e
 
 # ---- the method --------------------------------------------------------------------------------------------------
 @register_method("hat")
-class HAT(Method):
+class HAT(Method[HATConfig]):
     """HAT training of any classifier; the KD variant when ``method.teacher_ckpt`` is set."""
 
-    config_class = HATConfig
     automatic_optimization = False
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
@@ -209,9 +198,7 @@ class HAT(Method):
         from vitlab.attacks.threat import parse_eps
         from vitlab.data import build_mixup
 
-        mcfg = cfg.method
-        assert isinstance(mcfg, HATConfig)
-        self.mcfg = mcfg
+        mcfg = self.mcfg
         self.model = build_classifier(cfg.model, data.num_classes, data.channels, data.img_size, data.mean, data.std)
         self.mixup = build_mixup(cfg.data.aug, data.num_classes, mcfg.label_smoothing)
         self.eps, self.step_size = parse_eps(mcfg.adv_eps), parse_eps(mcfg.adv_lr)

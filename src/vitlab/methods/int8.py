@@ -9,7 +9,7 @@ It cannot be trained (``vitlab train`` refuses it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -22,29 +22,26 @@ from vitlab.quant.int8 import convert_int8
 __all__ = ["Int8Config", "Int8Model"]
 
 
+Int8Engine = Literal["x86", "fbgemm", "onednn", "qnnpack"]  # torch's quantized CPU engines
+INT8_ENGINES: tuple[str, ...] = get_args(Int8Engine)
+
+
 @dataclass
 class Int8Config(MethodConfig):
     name: str = "int8"
-    engine: str = "x86"  # torch quantized engine: x86 | fbgemm | onednn | qnnpack
+    engine: Int8Engine = "x86"
     source_ckpt: str = ""  # the checkpoint it was converted from (a record)
     source_method: str = ""  # zeroq | gdfq | clusterq | supervised ...
     calibration: str = ""  # generator | distilled | zeroq-distilled: where calibration images came from
 
-    def validate(self) -> None:
-        if self.engine not in ("x86", "fbgemm", "onednn", "qnnpack"):
-            raise ConfigError(f"method.engine: got {self.engine!r}, expected x86, fbgemm, onednn or qnnpack")
-
 
 @register_method("int8")
-class Int8Model(Method):
+class Int8Model(Method[Int8Config]):
     """Float input normalisation in front of a converted int8 backbone; CPU only."""
-
-    config_class = Int8Config
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
-        mcfg = cfg.method
-        assert isinstance(mcfg, Int8Config)
+        mcfg = self.mcfg
         # The structure only: observers see one random batch, then load_state_dict brings the real int8 parameters.
         backbone = create_backbone(cfg.model, data.num_classes, data.channels, data.img_size).eval()
         example = torch.randn(2, data.channels, data.img_size, data.img_size)

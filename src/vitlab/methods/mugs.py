@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from vitlab.config import AugConfig, ConfigError, DataConfig, MethodConfig, RunConfig
+from vitlab.config import AugConfig, ConfigError, DataConfig, MethodConfig, RunConfig, require
 from vitlab.data.multicrop import MultiCropDataset, MultiCropTransform
 from vitlab.engine.schedules import cosine_schedule
 from vitlab.evaluation.knn import extract_features, knn_accuracy
@@ -44,7 +44,8 @@ from vitlab.losses.mugs import GroupDiscriminationLoss, NeighbourMemory, QueueIn
 from vitlab.methods.base import DataInfo, Method, Progress, StepHelper, register_method
 from vitlab.models.classifier import ImageClassifier, build_classifier
 
-LGDS_QUERIES = ("prenorm_all_tokens", "postnorm_patch_mean")
+LGDSQuery = Literal["prenorm_all_tokens", "postnorm_patch_mean"]
+LGDS_QUERIES: tuple[str, ...] = get_args(LGDSQuery)
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ class LocalGroupConfig:
     memory_size: int = 65536  # neighbour memory; a multiple of the global batch (the teacher writes it every step)
     top_k: int = 8
     temperature: float = 0.2
-    query: str = "prenorm_all_tokens"  # prenorm_all_tokens (official code) | postnorm_patch_mean (pitfall 4)
+    query: LGDSQuery = "prenorm_all_tokens"  # prenorm_all_tokens (official code) | postnorm_patch_mean (pitfall 4)
     reproduce_pointer_skip: bool = False  # true: the official memory pointer that skips slots (pitfall 2)
 
 
@@ -133,36 +134,30 @@ class MugsConfig(MethodConfig):
     eval: MugsEvalConfig = field(default_factory=MugsEvalConfig)
 
     def validate(self) -> None:
-        def bad(key: str, value: Any, expected: str) -> ConfigError:
-            return ConfigError(f"method.{key}: got {value!r}, expected {expected}")
-
-        if len(self.loss_weights) != 3 or min(self.loss_weights) < 0 or sum(self.loss_weights) <= 0:
-            raise bad("loss_weights", self.loss_weights, "three weights >= 0 (IDS, LGDS, GDS), not all 0")
-        if self.lgds.query not in LGDS_QUERIES:
-            raise bad("lgds.query", self.lgds.query, " or ".join(LGDS_QUERIES))
-        if not 0.0 <= self.momentum_teacher <= 1.0:
-            raise bad("momentum_teacher", self.momentum_teacher, "a value in [0, 1]")
-        if self.clip_grad_per_param is not None and self.clip_grad_per_param <= 0:
-            raise bad("clip_grad_per_param", self.clip_grad_per_param, "null or a norm > 0")
+        w = self.loss_weights
+        require(len(w) == 3 and min(w) >= 0 and sum(w) > 0, "method.loss_weights",
+                "three weights >= 0 (IDS, LGDS, GDS), not all 0", w)
+        require(0.0 <= self.momentum_teacher <= 1.0, "method.momentum_teacher", "a value in [0, 1]",
+                self.momentum_teacher)
+        require(self.clip_grad_per_param is None or self.clip_grad_per_param > 0, "method.clip_grad_per_param",
+                "null or a norm > 0", self.clip_grad_per_param)
         for key, value in (("ids.temperature", self.ids.temperature), ("lgds.temperature", self.lgds.temperature),
                            ("gds.student_temp", self.gds.student_temp), ("gds.teacher_temp", self.gds.teacher_temp),
                            ("gds.warmup_teacher_temp", self.gds.warmup_teacher_temp),
                            ("eval.knn_temperature", self.eval.knn_temperature)):
-            if value <= 0:
-                raise bad(key, value, "a temperature > 0")
+            require(value > 0, f"method.{key}", "a temperature > 0", value)
         for key, value in (("ids.queue_size", self.ids.queue_size), ("lgds.queue_size", self.lgds.queue_size),
                            ("lgds.memory_size", self.lgds.memory_size), ("gds.prototypes", self.gds.prototypes),
                            ("crops.local_size", self.crops.local_size), ("head_out_dim", self.head_out_dim)):
-            if value < 1:
-                raise bad(key, value, "an integer >= 1")
-        if not 1 <= self.lgds.top_k <= self.lgds.memory_size:
-            raise bad("lgds.top_k", self.lgds.top_k, f"1..lgds.memory_size ({self.lgds.memory_size})")
-        if self.crops.local_number < 0:
-            raise bad("crops.local_number", self.crops.local_number, "an integer >= 0")
-        if not 0.0 <= self.crops.strong_prob <= 1.0 or not 0.0 <= self.crops.hflip <= 1.0:
-            raise bad("crops.strong_prob", (self.crops.strong_prob, self.crops.hflip), "probabilities in [0, 1]")
-        if not self.eval.knn_k or min(self.eval.knn_k) < 1:
-            raise bad("eval.knn_k", self.eval.knn_k, "a non-empty list of integers >= 1")
+            require(value >= 1, f"method.{key}", "an integer >= 1", value)
+        require(1 <= self.lgds.top_k <= self.lgds.memory_size, "method.lgds.top_k",
+                f"1..lgds.memory_size ({self.lgds.memory_size})", self.lgds.top_k)
+        require(self.crops.local_number >= 0, "method.crops.local_number", "an integer >= 0", self.crops.local_number)
+        require(0.0 <= self.crops.strong_prob <= 1.0, "method.crops.strong_prob", "a probability in [0, 1]",
+                self.crops.strong_prob)
+        require(0.0 <= self.crops.hflip <= 1.0, "method.crops.hflip", "a probability in [0, 1]", self.crops.hflip)
+        require(bool(self.eval.knn_k) and min(self.eval.knn_k) >= 1, "method.eval.knn_k",
+                "a non-empty list of integers >= 1", self.eval.knn_k)
 
 
 # ---- heads and networks ----------------------------------------------------------------------------------------------
@@ -315,24 +310,21 @@ def _eval_data(cfg: RunConfig, name: str | None) -> DataConfig:
 
 
 def crop_sizes(cfg: RunConfig) -> tuple[int, int]:
-    crops = cfg.method.crops  # type: ignore[attr-defined]
+    crops = Mugs.method_config(cfg).crops
     return (crops.global_size or cfg.data.img_size), crops.local_size
 
 
 # ---- the method ------------------------------------------------------------------------------------------------------
 @register_method("mugs")
-class Mugs(Method):
+class Mugs(Method[MugsConfig]):
     """IDS + LGDS + GDS pretraining of any ViT backbone (GDS / IDS alone also take any timm backbone)."""
 
-    config_class = MugsConfig
     automatic_optimization = False
     monitor = ("knn_top1", True)
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
-        mcfg = cfg.method
-        assert isinstance(mcfg, MugsConfig)
-        self.mcfg = mcfg
+        mcfg = self.mcfg
         global_size, local_size = crop_sizes(cfg)
         backbone = self._build_backbone(cfg, data, global_size)
         vit: Any = backbone.model
@@ -427,8 +419,7 @@ class Mugs(Method):
         ``probe_test``: plain images for evaluation."""
         from vitlab.data import TrainTransform, build_dataset
 
-        mcfg = cfg.method
-        assert isinstance(mcfg, MugsConfig)
+        mcfg = cls.method_config(cfg)
         if TrainTransform.is_active(cfg.data.aug) or cfg.data.aug.mixup > 0 or cfg.data.aug.cutmix > 0:
             raise ConfigError("data.aug: Mugs builds its own multi-crop augmentation from method.crops; leave data.aug "
                               "at its defaults")
@@ -447,7 +438,7 @@ class Mugs(Method):
     def eval_datasets(cfg: RunConfig) -> dict[str, Dataset]:
         from vitlab.data import build_dataset
 
-        ecfg = cfg.method.eval  # type: ignore[attr-defined]
+        ecfg = Mugs.method_config(cfg).eval
         knn = _eval_data(cfg, ecfg.knn_data)
         out = {"knn_train": build_dataset(knn, "train", train=False),
                "knn_test": build_dataset(knn, "test", train=False)}

@@ -9,13 +9,14 @@ logits, ``hard`` is cross-entropy to the teacher's argmax, mixed with the label 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import MethodConfig, RunConfig, require
 from vitlab.losses.distillation import deit_total_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
 from vitlab.models.classifier import build_classifier
@@ -28,30 +29,22 @@ class SupervisedConfig(MethodConfig):
     name: str = "supervised"
     label_smoothing: float = 0.0
     teacher_ckpt: str | None = None  # a vitlab checkpoint to distil from (its eval model is the teacher)
-    distill_type: str = "soft"  # soft | hard
+    distill_type: Literal["soft", "hard"] = "soft"
     distill_alpha: float = 0.5  # weight of the distillation term
     distill_tau: float = 1.0  # temperature of soft distillation
 
     def validate(self) -> None:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"method.label_smoothing: got {self.label_smoothing}, expected a value in [0, 1)")
-        if self.distill_type not in ("soft", "hard"):
-            raise ConfigError(f"method.distill_type: got {self.distill_type!r}, expected soft or hard")
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ConfigError(f"method.distill_alpha: got {self.distill_alpha}, expected a value in [0, 1]")
-        if self.distill_tau <= 0:
-            raise ConfigError(f"method.distill_tau: got {self.distill_tau}, expected a temperature > 0")
+        require(0.0 <= self.label_smoothing < 1.0, "method.label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        require(0.0 <= self.distill_alpha <= 1.0, "method.distill_alpha", "a value in [0, 1]", self.distill_alpha)
+        require(self.distill_tau > 0, "method.distill_tau", "a temperature > 0", self.distill_tau)
 
 
 @register_method("supervised")
-class Supervised(Method):
-    config_class = SupervisedConfig
+class Supervised(Method[SupervisedConfig]):
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
-        mcfg = cfg.method
-        assert isinstance(mcfg, SupervisedConfig)
-        self.mcfg = mcfg
+        mcfg = self.mcfg
         self.model = build_classifier(cfg.model, data.num_classes, data.channels, data.img_size, data.mean, data.std)
         from vitlab.data import build_mixup
 

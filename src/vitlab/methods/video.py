@@ -18,41 +18,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import timm
 import torch
 from torch import nn
 
-from vitlab.config import ConfigError, RunConfig
+from vitlab.config import ConfigError, RunConfig, require
 from vitlab.methods.base import DataInfo, register_method
 from vitlab.methods.supervised import Supervised, SupervisedConfig
 
-PARAM_GROUPINGS = ("default", "official", "mmcv")
+ParamGrouping = Literal["default", "official", "mmcv"]  # default | official (config intent) | mmcv (longest key)
+PARAM_GROUPINGS: tuple[str, ...] = get_args(ParamGrouping)
 PEG_KEY = "pos_embed"  # vitlab's name of DualFormer's PEG (official ``pos_block``)
 
 
 @dataclass
 class VideoSupervisedConfig(SupervisedConfig):
     name: str = "video_supervised"
-    average: str = "prob"  # how test views are combined: prob (softmax averaging, official) | logit
+    average: Literal["prob", "logit"] = "prob"  # how test views are combined: prob (softmax mean, official) | logit
     max_views_per_forward: int | None = None  # evaluate at most this many views per forward (memory); null = all
     count_flops: bool = True  # count FLOPs per view with fvcore (once per run) and report them with the metrics
     backbone_lr_scale: float = 1.0  # learning-rate multiplier of everything but the classifier (official K400: 0.1)
-    param_grouping: str = "default"  # default | official (config intent) | mmcv (longest-key matching)
+    param_grouping: ParamGrouping = "default"
     init_2d_ckpt: str | None = None  # a 2-D DualFormer checkpoint to inflate into the model (spec §2.4)
 
     def validate(self) -> None:
         super().validate()
-        if self.average not in ("prob", "logit"):
-            raise ConfigError(f"method.average: got {self.average!r}, expected prob or logit")
-        if self.max_views_per_forward is not None and self.max_views_per_forward < 1:
-            raise ConfigError(f"method.max_views_per_forward: got {self.max_views_per_forward}, expected null or >= 1")
-        if self.backbone_lr_scale <= 0:
-            raise ConfigError(f"method.backbone_lr_scale: got {self.backbone_lr_scale}, expected a value > 0")
-        if self.param_grouping not in PARAM_GROUPINGS:
-            raise ConfigError(f"method.param_grouping: got {self.param_grouping!r}, expected one of "
-                              f"{', '.join(PARAM_GROUPINGS)}")
+        require(self.max_views_per_forward is None or self.max_views_per_forward >= 1, "method.max_views_per_forward",
+                "null or >= 1", self.max_views_per_forward)
+        require(self.backbone_lr_scale > 0, "method.backbone_lr_scale", "a value > 0", self.backbone_lr_scale)
 
 
 def _is_video_model(name: str) -> bool:
@@ -66,6 +61,7 @@ class VideoSupervised(Supervised):
     """Supervised training on clips; multi-view evaluation with top-1/top-5, views and FLOPs per video."""
 
     config_class = VideoSupervisedConfig
+    mcfg: VideoSupervisedConfig  # narrows Supervised's SupervisedConfig (config_class above)
 
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         video_size = [cfg.data.video.clip_len, data.img_size, data.img_size]
@@ -76,7 +72,6 @@ class VideoSupervised(Supervised):
                                   "(data.video.clip_len, data.img_size, data.img_size); drop the key or match them")
             cfg.model.kwargs = {**cfg.model.kwargs, "video_size": video_size}
         super().__init__(cfg, data)
-        self.mcfg: VideoSupervisedConfig = cfg.method  # type: ignore[assignment]
         self.video_size = tuple(video_size)
         self._flops_per_view: int | None = None
         if self.mcfg.init_2d_ckpt:

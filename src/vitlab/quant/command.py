@@ -15,12 +15,15 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from vitlab.config import ConfigError
 from vitlab.quant.quantizer import MAX_BITS, MIN_BITS, quantized_model_bytes
+
+if TYPE_CHECKING:
+    from vitlab.methods.int8 import Int8Engine
 
 __all__ = ["EXPORT_FORMATS", "add_arguments", "export_int8", "run"]
 
@@ -120,7 +123,7 @@ def calibration_images(method: Any, count: int = 256, seed: int = 0) -> tuple[to
     return zeroq_distill(frozen, (32, info.channels, info.img_size, info.img_size)), "zeroq-distilled"
 
 
-def export_int8(ckpt: str | Path, out_dir: str | Path | None = None, engine: str = "x86") -> dict[str, Any]:
+def export_int8(ckpt: str | Path, out_dir: str | Path | None = None, engine: Int8Engine = "x86") -> dict[str, Any]:
     """Convert a checkpoint (W8A8 quantised or FP) into a real int8 model saved as ``model_int8.ckpt``.
 
     Raises:
@@ -173,13 +176,17 @@ def export_int8(ckpt: str | Path, out_dir: str | Path | None = None, engine: str
 
 
 def _export_command(args: argparse.Namespace) -> int:
+    from vitlab.methods.int8 import INT8_ENGINES
+
     engine = "x86"
     for item in getattr(args, "set", []) or []:
         key, _, value = item.partition("=")
         if key != "engine":
-            raise ConfigError(f"--set {item!r}: int8 export takes only engine=x86|fbgemm|onednn|qnnpack")
+            raise ConfigError(f"--set {item!r}: int8 export takes only engine={'|'.join(INT8_ENGINES)}")
+        if value not in INT8_ENGINES:
+            raise ConfigError(f"--set engine: got {value!r}, expected one of {', '.join(INT8_ENGINES)}")
         engine = value
-    result = export_int8(args.ckpt, args.out, engine)
+    result = export_int8(args.ckpt, args.out, cast("Int8Engine", engine))
     print(f"wrote {result['path']} (int8, engine {engine}, calibrated on {result['calibration']} images, "
           f"{result['bytes'] / 1e6:.3f} MB); evaluate it with: vitlab eval --ckpt {result['path']}")
     return 0
