@@ -18,6 +18,7 @@ import resource
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ from torch.utils.data import DataLoader, default_collate
 
 from vitlab.config import load_config
 from vitlab.engine.checkpoint import atomic_write_bytes
-from vitlab.engine.trainer import data_info_from, train
+from vitlab.engine.optim import build_optimizer
+from vitlab.engine.trainer import train
 from vitlab.evaluation.knn import extract_features, knn_accuracy
 from vitlab.evaluation.linear_probe import last_blocks_features, linear_probe_accuracy
-from vitlab.methods.base import Progress
+from vitlab.methods.base import Progress, data_info_from
 from vitlab.methods.mugs import Mugs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,7 @@ def step_time(overrides: list[str], batch: int, steps: int, warmup: int) -> dict
     method = Mugs(cfg, data_info_from(cfg, datasets["train"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     method.to(device).train()
-    optimizer = method.configure_optimizers()["main"]
+    optimizer = method.configure_optimizers(partial(build_optimizer, cfg))["main"]
     batch_items = default_collate([datasets["train"][i] for i in range(batch)])
     batch_items = {k: v.to(device) for k, v in batch_items.items()}
     progress = Progress(0, 5, 100, 10, {"lr": 1e-4, "weight_decay": 0.04, "teacher_temp": 0.05,
