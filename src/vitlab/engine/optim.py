@@ -116,9 +116,10 @@ class FabricStepHelper:
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         wrapped = self._wrapped(optimizer)
         if self.clip_grad is not None:
-            if id(wrapped) in self._unscaled:  # already unscaled by the method: clip without unscaling twice
-                self.fabric.strategy.clip_gradients_norm(self.module, wrapped.optimizer, max_norm=self.clip_grad,
-                                                         error_if_nonfinite=False)
+            if id(wrapped) in self._unscaled:
+                # the method unscaled them already and Fabric's clip would unscale a second time (an error)
+                params = self.fabric.strategy.precision.main_params(wrapped.optimizer)
+                torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
             else:
                 self.fabric.clip_gradients(self.module, wrapped, max_norm=self.clip_grad, error_if_nonfinite=False)
         wrapped.step()

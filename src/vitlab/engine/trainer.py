@@ -37,7 +37,8 @@ from vitlab.engine.seeding import (
 )
 from vitlab.methods.base import METHODS, DataInfo, Method, Progress, build_method, data_info_from
 
-__all__ = ["NonFiniteLossError", "Run", "RunExistsError", "data_info_from", "make_fabric", "train"]
+__all__ = ["NonFiniteLossError", "Run", "RunExistsError", "data_info_from", "make_fabric", "manual_step",
+           "setup_optimization", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -172,21 +173,13 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
     if ema_decay is not None:
         schedules["ema_decay"] = ema_decay
 
-    # optimizers, wrapped by Fabric: the default one for automatic optimisation, the method's own for manual
-    if method.automatic_optimization:
-        optimizers = {"main": build_optimizer(cfg, method.param_groups())}
-    else:
-        optimizers = method.configure_optimizers(partial(build_optimizer, cfg))
-    module = fabric.setup_module(method)
-    if not method.automatic_optimization:
-        module.mark_forward_method("training_step")
-    optimizers = {k: fabric.setup_optimizers(v) for k, v in optimizers.items()}
+    module, optimizers, helper = setup_optimization(cfg, fabric, method)
     if ema is not None:
         ema.to(fabric.device)
 
     logger = RunLogger(cfg.run_dir, enabled=rank == 0, resume_step=ckpt["step"] if ckpt is not None else None)
     run = Run(cfg=cfg, fabric=fabric, method=method, module=module, optimizers=optimizers,
-              helper=FabricStepHelper(fabric, module, cfg.optim.clip_grad, optimizers), ema=ema, info=info,
+              helper=helper, ema=ema, info=info,
               train_items=train_items, sampler=sampler, loader=loader, eval_loaders=eval_loaders, schedules=schedules,
               batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
               max_steps=cfg.train.max_steps if cfg.train.max_steps is not None else total_steps,
@@ -202,6 +195,20 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
         f"{world} process(es) on {fabric.device}, {cfg.train.epochs} epochs x {steps_per_epoch} steps"
         + (f", from step {run.step}" if ckpt else ""))
     return run
+
+
+def setup_optimization(cfg: RunConfig, fabric: Any, method: Method) -> tuple[Any, dict[str, Any], FabricStepHelper]:
+    """The method wrapped by Fabric, its optimizers built and wrapped (the default one, ``"main"``, for automatic
+    optimisation; the method's own, built with the engine's builder, for manual), and the step helper over them."""
+    if method.automatic_optimization:
+        optimizers = {"main": build_optimizer(cfg, method.param_groups())}
+    else:
+        optimizers = method.configure_optimizers(partial(build_optimizer, cfg))
+    module = fabric.setup_module(method)
+    if not method.automatic_optimization:
+        module.mark_forward_method("training_step")
+    wrapped = {k: fabric.setup_optimizers(v) for k, v in optimizers.items()}
+    return module, wrapped, FabricStepHelper(fabric, module, cfg.optim.clip_grad, wrapped)
 
 
 def _prepare_run_dir(cfg: RunConfig, fabric: Any, resume: str | None, overwrite: bool) -> dict[str, Any] | None:
@@ -317,10 +324,7 @@ def train_step(run: Run, batch: Any, progress: Progress, last_micro: bool) -> di
             opt.step()
             opt.zero_grad(set_to_none=True)
     else:
-        # Fabric applies autocast to a marked forward method only when it wraps the module (DDP); on one device the
-        # call reaches the method directly, so the precision context is entered here (a no-op for 32-true)
-        with fabric.autocast():
-            out = module.training_step(batch, progress, run.helper)
+        out = manual_step(fabric, module, batch, progress, run.helper)
         _check_finite(fabric, out["loss"], out, progress.step, progress.epoch, run.cfg.run_dir)
     if not last_micro:
         return None
@@ -330,6 +334,16 @@ def train_step(run: Run, batch: Any, progress: Progress, last_micro: bool) -> di
         run.ema.update(method.eval_model(), progress.values.get("ema_decay"))
     run.step += 1
     return out
+
+
+def manual_step(fabric: Any, module: Any, batch: Any, progress: Progress, helper: FabricStepHelper) -> dict[str, Any]:
+    """A manual-optimisation method's ``training_step`` under the run's precision (autocast for ``*-mixed``).
+
+    Fabric enters its precision context for a marked forward method only when a strategy wraps the module (DDP); on
+    one device the call reaches the method directly, so the context is entered here (a no-op for 32-true).
+    """
+    with fabric.autocast():
+        return module.training_step(batch, progress, helper)  # type: ignore[no-any-return]
 
 
 def _log_window(run: Run, epoch: int, lr: float) -> None:
