@@ -1,8 +1,8 @@
 """Manual-optimisation methods under mixed precision on the CPU: each method's ``training_step``, run through the
-engine's own Fabric setup (:func:`~vitlab.engine.trainer.setup_optimization`, :func:`~vitlab.engine.trainer.manual_step`)
-under ``bf16-mixed`` and ``16-mixed`` (with a CPU grad scaler), gives the loss and the parameter update of the
-``32-true`` run within a tolerance, runs under autocast, and steps the optimizers through Fabric (the scaler sees
-every step)."""
+engine's own Fabric setup (:func:`~vitlab.engine.trainer.setup_optimization`,
+:func:`~vitlab.engine.trainer.manual_step`) under ``bf16-mixed`` and ``16-mixed`` (with a CPU grad scaler), gives
+the loss and the parameter update of the ``32-true`` run within a tolerance, runs under autocast, and steps the
+optimizers through Fabric (the scaler sees every step)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ MUGS_TINY = ["data.img_size=16", "data.batch_size=8", "method.crops.global_size=
              "method.lgds.memory_size=32", "method.lgds.top_k=4", "method.gds.prototypes=64",
              "method.head_hidden_dim=32", "method.predictor_hidden_dim=32", "method.head_out_dim=16",
              "method.gds.bottleneck_dim=16", "model.kwargs.depth=2", "model.drop_path_rate=0"]
-HAT_TINY = ["method.name=hat", "model.name=vit_tiny_patch16_224", "model.kwargs.img_size=8", "model.kwargs.patch_size=4",
-            "model.kwargs.embed_dim=16", "model.kwargs.depth=2", "model.kwargs.num_heads=2", "model.drop_path_rate=0",
-            "data.img_size=8", "method.adv_epochs=2"]
+HAT_TINY = ["method.name=hat", "model.name=vit_tiny_patch16_224", "model.kwargs.img_size=8",
+            "model.kwargs.patch_size=4", "model.kwargs.embed_dim=16", "model.kwargs.depth=2",
+            "model.kwargs.num_heads=2", "model.drop_path_rate=0", "data.img_size=8", "method.adv_epochs=2"]
 
 
 def _progress(values: dict[str, float], epoch: int = 0, steps_per_epoch: int = 2) -> Progress:
