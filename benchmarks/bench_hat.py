@@ -14,10 +14,12 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 
 import torch
 
 from vitlab.config import load_config
+from vitlab.engine.optim import PlainStepHelper, build_optimizer
 from vitlab.methods.base import DataInfo, Progress, build_method
 
 MODELS = {
@@ -28,21 +30,6 @@ MODELS = {
     # DeiT-Ti at 224 (the paper's ViT-T), a small batch for the CPU
     "deit_tiny": (["model.name=vit_tiny_patch16_224", "model.drop_path_rate=0.1"], 224, 8),
 }
-
-
-class PlainHelper:
-    """The engine's helper without Fabric: backward, step (+ zero_grad), set_lr."""
-
-    def backward(self, loss: torch.Tensor, model: object = None) -> None:
-        loss.backward()
-
-    def step(self, optimizer: torch.optim.Optimizer, parameters: object = None) -> None:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def set_lr(self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
 
 
 def main() -> None:
@@ -61,12 +48,11 @@ def main() -> None:
         torch.manual_seed(0)
         methods[name] = build_method(cfg, info).train()
     optimizer = torch.optim.AdamW(methods["supervised"].param_groups(), lr=1e-3)
-    methods["hat"].configure_optimizers()
+    helper = PlainStepHelper(methods["hat"].configure_optimizers(partial(build_optimizer, methods["hat"].cfg)))
     generator = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(batch_size, 3, size, size, generator=generator),
              "label": torch.randint(0, 10, (batch_size,), generator=generator)}
     progress = Progress(step=0, epoch=0, total_steps=1, steps_per_epoch=1, values={"lr": 1e-3, "weight_decay": 0.05})
-    helper = PlainHelper()
 
     def plain_step() -> None:
         out = methods["supervised"](batch, progress)

@@ -13,6 +13,7 @@ import resource
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ import torch
 from torch.utils.data import default_collate
 
 from vitlab.config import load_config
-from vitlab.engine.trainer import data_info_from
-from vitlab.methods.base import Progress
+from vitlab.engine.optim import build_optimizer
+from vitlab.methods.base import Progress, data_info_from
 from vitlab.methods.mugs import Mugs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mugs" / "vit_tiny_digits.yaml"
@@ -40,7 +41,7 @@ def step_time(overrides: list[str], batch: int, steps: int, warmup: int) -> dict
     method = Mugs(cfg, data_info_from(cfg, datasets["train"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     method.to(device).train()
-    optimizer = method.configure_optimizers()["main"]
+    optimizer = method.configure_optimizers(partial(build_optimizer, cfg))["main"]
     batch_items = default_collate([datasets["train"][i] for i in range(batch)])
     batch_items = {k: v.to(device) for k, v in batch_items.items()}
     progress = Progress(0, 5, 100, 10, {"lr": 1e-4, "weight_decay": 0.04, "teacher_temp": 0.05,

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader
 
 from vitlab.config import load_config
 from vitlab.engine.checkpoint import atomic_write_bytes
-from vitlab.engine.trainer import data_info_from, train
+from vitlab.engine.trainer import train
 from vitlab.evaluation.knn import extract_features, knn_accuracy
 from vitlab.evaluation.linear_probe import last_blocks_features, linear_probe_accuracy
+from vitlab.methods.base import data_info_from
 from vitlab.methods.mugs import Mugs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,7 +46,7 @@ def leave_one_out_knn(features: torch.Tensor, labels: torch.Tensor, k: int = 20,
 
 def loo_report(split: str, path: str) -> None:
     """Class and font leave-one-out k-NN on a glyphs evaluation split: trained teacher, random init, raw pixels."""
-    from vitlab.engine.trainer import data_info_from
+    from vitlab.methods.base import data_info_from
 
     method, _ = load_method(path)
     dataset = Mugs.eval_datasets(method.cfg)[split]

@@ -13,6 +13,38 @@ _CACHE = tempfile.mkdtemp(prefix="vitlab-test-cache-")
 os.environ.setdefault("VITLAB_CACHE", _CACHE)
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+from functools import partial  # noqa: E402
+
+from vitlab.engine.optim import PlainStepHelper, build_optimizer  # noqa: E402
+
+
+class FakeStepHelper(PlainStepHelper):
+    """The step helper tests hand a manual-optimisation method: the engine's contract without Fabric (plain backward,
+    optional global-norm clip, step, ``lr × lr_scale``), counting backward passes and optimizer steps."""
+
+    def __init__(self, optimizers=None, clip_grad=None):
+        super().__init__(optimizers, clip_grad)
+        self.backwards, self.steps = 0, 0
+
+    @classmethod
+    def for_method(cls, method, clip_grad=None):
+        """A helper over ``method``'s own optimizers, built as the engine builds them (its ``optim`` section)."""
+        return cls(method.configure_optimizers(partial(build_optimizer, method.cfg)), clip_grad)
+
+    def backward(self, loss, model=None):
+        self.backwards += 1
+        super().backward(loss, model)
+
+    def step(self, optimizer):
+        self.steps += 1
+        super().step(optimizer)
+
+
+@pytest.fixture
+def step_helper():
+    """``step_helper(method)``: a :class:`FakeStepHelper` over the method's optimizers (``.optimizers[name]``)."""
+    return FakeStepHelper.for_method
+
 
 def _threads() -> int:
     """Two intra-op threads on a quiet 2-core machine; one when the CPU is oversubscribed (spinning OpenMP threads

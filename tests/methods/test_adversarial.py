@@ -86,7 +86,8 @@ def test_ema_schedule_values_of_the_full_recipe():
     assert np.all(np.diff(decay) >= 0)
     method = _method(SCORE, SCOREConfig, ema_schedule="score", ema=True)
     method.cfg.ema.decay = 0.995
-    assert np.array_equal(method.schedules(39200, 98)["ema_decay"], decay)
+    assert np.array_equal(method.ema_decay_schedule(39200, 98), decay)
+    assert method.schedules(39200, 98) == {}
 
 
 def test_score_ema_schedule_needs_the_ema():

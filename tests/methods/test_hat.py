@@ -157,61 +157,41 @@ def tiny_hat_method(extra: list[str] | None = None, drop_path: float = 0.0):
                              "method.adv_epochs=2"] + (extra or []))
     info = DataInfo(num_classes=5, channels=3, img_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
     torch.manual_seed(0)
-    method = build_method(cfg, info).train()
-    method.configure_optimizers()
-    return method
-
-
-class CountingHelper:
-    def __init__(self) -> None:
-        self.backwards, self.steps = 0, 0
-
-    def backward(self, loss: torch.Tensor, model: nn.Module | None = None) -> None:
-        self.backwards += 1
-        loss.backward()
-
-    def step(self, optimizer: torch.optim.Optimizer, parameters: object = None) -> None:
-        self.steps += 1
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def set_lr(self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+    return build_method(cfg, info).train()
 
 
 def progress(epoch: int) -> Progress:
     return Progress(step=0, epoch=epoch, total_steps=10, steps_per_epoch=5, values={"lr": 1e-3, "weight_decay": 0.05})
 
 
-def test_training_step_hat_phase_then_late_epochs() -> None:
+def test_training_step_hat_phase_then_late_epochs(step_helper) -> None:
     method = tiny_hat_method()
     x = torch.rand(4, 3, 8, 8)
     data = {"image": x, "label": torch.tensor([0, 1, 2, 3])}
     forwards: list[int] = []
     method.model.register_forward_hook(lambda *_: forwards.append(1))
-    helper = CountingHelper()
+    helper = step_helper(method)
     out = method.training_step(data, progress(1), helper)
     assert (helper.backwards, helper.steps, len(forwards)) == (3, 1, 4)  # 1 no-grad + K passes, one optimizer step
     assert "ce_adv" in out and method.model.training
-    helper, forwards[:] = CountingHelper(), []
+    helper, forwards[:] = step_helper(method), []
     out = method.training_step(data, progress(2), helper)  # epoch >= adv_epochs: k = 0 only
     assert (helper.backwards, helper.steps, len(forwards)) == (1, 1, 2)
     assert out["loss"].item() == pytest.approx(out["ce_clean"].item() + 0.01 * out["kl"].item(), rel=1e-6)
     assert method.model.training
 
 
-def test_clean_pass_is_in_train_mode_so_kl_is_nonzero_with_drop_path() -> None:
+def test_clean_pass_is_in_train_mode_so_kl_is_nonzero_with_drop_path(step_helper) -> None:
     method = tiny_hat_method(drop_path=0.5)
     x = torch.rand(4, 3, 8, 8)
     with torch.no_grad():
         a, b = method.model(x), method.model(x)
     assert not torch.allclose(a, b)
-    out = method.training_step({"image": x, "label": torch.tensor([0, 1, 2, 3])}, progress(5), CountingHelper())
+    out = method.training_step({"image": x, "label": torch.tensor([0, 1, 2, 3])}, progress(5), step_helper(method))
     assert out["kl"].item() > 0
 
 
-def test_kd_path_teacher_sees_the_perturbed_input_and_one_step() -> None:
+def test_kd_path_teacher_sees_the_perturbed_input_and_one_step(step_helper) -> None:
     method = tiny_hat_method(["method.distill_type=soft"])
     teacher_inputs: list[torch.Tensor] = []
     student_inputs: list[torch.Tensor] = []
@@ -220,7 +200,7 @@ def test_kd_path_teacher_sees_the_perturbed_input_and_one_step() -> None:
     teacher.register_forward_pre_hook(lambda _m, args: teacher_inputs.append(args[0].detach().clone()))
     method.model.register_forward_pre_hook(lambda _m, args: student_inputs.append(args[0].detach().clone()))
     method.teacher = teacher
-    helper = CountingHelper()
+    helper = step_helper(method)
     out = method.training_step({"image": torch.rand(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 3])},
                                progress(0), helper)
     assert helper.steps == 1 and helper.backwards == 3 and "distill" in out
@@ -238,7 +218,7 @@ def test_config_errors_name_the_key() -> None:
             load_config(None, ["method.name=hat", override])
 
 
-def test_pixel_space_and_highpass_delta_extension() -> None:
+def test_pixel_space_and_highpass_delta_extension(step_helper) -> None:
     method = tiny_hat_method(["method.eps_space=pixel", "method.delta_filter=highpass",
                               "method.delta_filter_radius=1", "method.clamp_to_image=true"])
     from vitlab.analysis.frequency import lowpass
@@ -248,7 +228,7 @@ def test_pixel_space_and_highpass_delta_extension() -> None:
     method.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
     x = 0.1 + 0.8 * torch.rand(4, 3, 8, 8)
     x[0, :, 0, 0] = 1.0  # a saturated pixel: without the clamp the model sees 1.0077 here (measured)
-    method.training_step({"image": x, "label": torch.tensor([0, 1, 2, 3])}, progress(0), CountingHelper())
+    method.training_step({"image": x, "label": torch.tensor([0, 1, 2, 3])}, progress(0), step_helper(method))
     assert len(seen) == 4  # clean pass, then k = 0, 1, 2
     assert all(float(s.min()) >= 0.0 and float(s.max()) <= 1.0 for s in seen)
     delta = seen[2][1:] - x[1:]  # δ_1 of the unsaturated images: pixel units, nothing clamped

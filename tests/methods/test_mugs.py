@@ -16,8 +16,7 @@ from torch.utils.data import default_collate
 
 from vitlab.config import ConfigError, load_config
 from vitlab.engine.schedules import cosine_schedule
-from vitlab.engine.trainer import data_info_from
-from vitlab.methods.base import Progress
+from vitlab.methods.base import Progress, data_info_from
 from vitlab.methods.mugs import (
     GroupConfig,
     GroupHead,
@@ -91,27 +90,15 @@ def _progress(epoch: int = 0, momentum: float = 0.99) -> Progress:
                     values={"lr": 1e-3, "weight_decay": 0.04, "teacher_temp": 0.04, "teacher_momentum": momentum})
 
 
-class _Helper:
-    def backward(self, loss: torch.Tensor, model: torch.nn.Module | None = None) -> None:
-        loss.backward()
-
-    def step(self, optimizer: torch.optim.Optimizer, parameters: object = None) -> None:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def set_lr(self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
-
-
-def test_step_shapes_memory_writes_freeze_and_teacher_without_gradient() -> None:
+def test_step_shapes_memory_writes_freeze_and_teacher_without_gradient(step_helper) -> None:
     method, datasets = _method()
     batch = _batch(datasets, 8)
     assert batch["teacher_globals"].shape == (8, 2, 1, 16, 16) and batch["student_locals"].shape == (8, 2, 1, 8, 8)
-    optimizer = method.configure_optimizers()["main"]
+    helper = step_helper(method)
+    optimizer = helper.optimizers["main"]
     prototypes_before = method.student.group_head.last_layer.weight_v.clone()
     teacher_memory_before = method.teacher_memory.bank.clone()
-    out = method.training_step(batch, _progress(epoch=0), _Helper())
+    out = method.training_step(batch, _progress(epoch=0), helper)
     assert set(out) >= {"loss", "ids", "lgds", "gds"} and torch.isfinite(out["loss"])
     # total = mean of the three losses at weights 1, 1, 1
     assert float(out["loss"].detach()) == pytest.approx(float((out["ids"] + out["lgds"] + out["gds"]) / 3), rel=1e-5)

@@ -22,45 +22,32 @@ from vitlab.quant.quantizer import QuantizationError, activation_quantizers
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "quant"
 
 
-class _Helper:
-    def backward(self, loss: torch.Tensor, model: nn.Module | None = None) -> None:
-        loss.backward()
-
-    def step(self, optimizer: torch.optim.Optimizer, parameters: object = None) -> None:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def set_lr(self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-
 def _method(name: str, teacher: Path, *extra: str) -> DataFreeQuantMethod:
     cfg = load_config(RECIPES / f"{name}_resnet20_digits.yaml",
                       [f"method.teacher_ckpt={teacher}", "model.name=test_cifar_resnet", *extra])
     return build_method(cfg, teacher_data_info(cfg))  # type: ignore[return-value]
 
 
-def _step(method: GDFQ, epoch: int, steps_per_epoch: int = 2) -> dict[str, torch.Tensor]:
-    optimizers = method.configure_optimizers()
+def _step(method: GDFQ, epoch: int, step_helper, steps_per_epoch: int = 2) -> dict[str, torch.Tensor]:
+    helper = step_helper(method)
     schedules = method.schedules(12 * steps_per_epoch, steps_per_epoch)
     step = epoch * steps_per_epoch
     values = {k: float(v[step]) for k, v in schedules.items()} | {"lr": 1e-3, "weight_decay": 1e-4}
     progress = Progress(step=step, epoch=epoch, total_steps=12 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
                         values=values)
     method.train()
-    assert optimizers
-    return method.training_step({"label": torch.arange(10)}, progress, _Helper())
+    assert set(helper.optimizers) == {"student", "generator"}
+    return method.training_step({"label": torch.arange(10)}, progress, helper)
 
 
-def test_gdfq_step_updates_student_keeps_bn_and_teacher(teacher_ckpt: Path) -> None:
+def test_gdfq_step_updates_student_keeps_bn_and_teacher(teacher_ckpt: Path, step_helper) -> None:
     torch.manual_seed(0)
     method = _method("gdfq", teacher_ckpt)
     teacher_before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
     bn_before = {k: v.clone() for k, v in method.student.state_dict().items() if "running" in k}
     weight_before = method.student.model.conv1.weight.detach().clone()
     generator_before = method.generator.project.weight.detach().clone()
-    out = _step(method, epoch=5)  # after warm-up: both optimizers step
+    out = _step(method, epoch=5, step_helper=step_helper)  # after warm-up: both optimizers step
     assert torch.isfinite(out["loss"]) and torch.isfinite(out["loss_g"])
     assert not method.student.training and not method.teacher.training  # eval mode throughout
     for k, v in method.student.state_dict().items():
@@ -71,26 +58,26 @@ def test_gdfq_step_updates_student_keeps_bn_and_teacher(teacher_ckpt: Path) -> N
     assert not torch.equal(method.generator.project.weight, generator_before)
 
 
-def test_warmup_freezes_student_and_calibrates_ranges(teacher_ckpt: Path) -> None:
+def test_warmup_freezes_student_and_calibrates_ranges(teacher_ckpt: Path, step_helper) -> None:
     method = _method("gdfq", teacher_ckpt)
     weight_before = method.student.model.conv1.weight.detach().clone()
-    _step(method, epoch=0)
+    _step(method, epoch=0, step_helper=step_helper)
     assert torch.equal(method.student.model.conv1.weight, weight_before)
     assert all(int(q.updates) == 1 for q in activation_quantizers(method.student))
-    _step(method, epoch=5)  # past calib_epochs: ranges frozen
+    _step(method, epoch=5, step_helper=step_helper)  # past calib_epochs: ranges frozen
     assert all(int(q.updates) == 1 for q in activation_quantizers(method.student))
 
 
-def test_clusterq_centroids_and_alignment(teacher_ckpt: Path) -> None:
+def test_clusterq_centroids_and_alignment(teacher_ckpt: Path, step_helper) -> None:
     torch.manual_seed(0)
     method = _method("clusterq", teacher_ckpt, "method.centroid_samples=4")
     n_bn = len(method.bn_order)
     assert method.align_start == (n_bn + 1) // 2 - 2
     assert method.kd_reduction == "batchmean" and method.augment_prob == 0.5
-    assert "cbns" not in _step(method, epoch=3)
+    assert "cbns" not in _step(method, epoch=3, step_helper=step_helper)
     method.update_centroids()
     assert bool(method.centroids.initialized.any())
-    out = _step(method, epoch=5)
+    out = _step(method, epoch=5, step_helper=step_helper)
     assert "cbns" in out and float(out["cbns"]) > 0
 
 
@@ -105,12 +92,12 @@ def test_clusterq_released_centroids_are_running_buffers(teacher_ckpt: Path) -> 
     assert torch.equal(method.centroids.means()[-1][3], last_bn.running_mean)
 
 
-def test_zeroq_distills_and_calibrates(teacher_ckpt: Path) -> None:
+def test_zeroq_distills_and_calibrates(teacher_ckpt: Path, step_helper) -> None:
     method = _method("zeroq", teacher_ckpt, "method.distill_images=4")
-    method.configure_optimizers()
+    helper = step_helper(method)
     before = method.distilled.detach().clone()
     progress = Progress(step=0, epoch=0, total_steps=1, steps_per_epoch=1, values={})
-    out = method.training_step({"label": torch.zeros(4, dtype=torch.long)}, progress, _Helper())
+    out = method.training_step({"label": torch.zeros(4, dtype=torch.long)}, progress, helper)
     assert torch.isfinite(out["loss"]) and not torch.equal(method.distilled, before)
     assert all(int(q.updates) == 1 and q.mode == "minmax" for q in activation_quantizers(method.student))
 

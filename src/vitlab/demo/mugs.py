@@ -23,7 +23,8 @@ DEMO_QUICK = ["train.epochs=1", "train.max_steps=2", "data.batch_size=32", "meth
 @demo_section("mugs", "Mugs self-supervised pretraining (tiny ViT on digits, labels unused)")
 def _demo(folder: Path, quick: bool) -> str:
     from vitlab.demo.sections import recipe_path
-    from vitlab.engine.trainer import data_info_from, train
+    from vitlab.engine.trainer import train
+    from vitlab.methods.base import data_info_from
 
     overrides = [f"out_dir={folder}", "name=mugs_digits", "train.progress=false", *DEMO_OVERRIDES,
                  *(DEMO_QUICK if quick else [])]

@@ -1,7 +1,9 @@
 """The training loop: short and linear, on Lightning Fabric for devices, DDP, precision and process launch.
 
 The same function runs in one CPU process, on one GPU, or in every process of a ``torchrun`` launch (gloo on CPU,
-nccl on GPU, one or many nodes). Read :func:`train` top to bottom; each phase has a comment.
+nccl on GPU, one or many nodes). Read :func:`train` top to bottom: :func:`setup` builds everything a run needs into a
+:class:`Run`, :func:`train_one_epoch` steps through one epoch's batches (:func:`train_step` per batch),
+:func:`evaluate` and :func:`save_last` end an epoch, :func:`end_of_epoch` keeps ``best.ckpt``.
 """
 
 from __future__ import annotations
@@ -11,20 +13,21 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitlab.config import ConfigError, RunConfig, to_container, to_yaml
 from vitlab.engine.checkpoint import CKPT_FORMAT, atomic_torch_save, atomic_write_bytes, load_checkpoint
 from vitlab.engine.ema import ModelEma
 from vitlab.engine.logging import RunLogger
-from vitlab.engine.schedules import constant_schedule, cosine_schedule, step_schedule
+from vitlab.engine.optim import FabricStepHelper, apply_schedule, build_optimizer, build_schedules
 from vitlab.engine.seeding import (
     SeededItems,
     ShardedBatchSampler,
@@ -32,7 +35,10 @@ from vitlab.engine.seeding import (
     restore_rng_state,
     seed_everything,
 )
-from vitlab.methods.base import METHODS, DataInfo, Method, Progress, build_method
+from vitlab.methods.base import METHODS, DataInfo, Method, Progress, build_method, data_info_from
+
+__all__ = ["NonFiniteLossError", "Run", "RunExistsError", "data_info_from", "make_fabric", "manual_step",
+           "setup_optimization", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -71,75 +77,347 @@ def make_fabric(cfg: RunConfig) -> Any:
                   precision=precision)  # type: ignore[arg-type]
 
 
-def build_optimizer(cfg: RunConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                               weight_decay=o.weight_decay)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), weight_decay=o.weight_decay)
+@dataclass
+class Run:
+    """Everything one training run holds: set up by :func:`setup`, advanced by :func:`train_one_epoch`."""
+
+    cfg: RunConfig
+    fabric: Any
+    method: Method
+    module: Any  # the Fabric-wrapped method
+    optimizers: dict[str, Any]  # the Fabric-wrapped optimizers, by name ("main" for automatic optimisation)
+    helper: FabricStepHelper
+    ema: ModelEma | None
+    info: DataInfo
+    train_items: SeededItems
+    sampler: ShardedBatchSampler
+    loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    schedules: dict[str, np.ndarray]
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    max_steps: int
+    logger: RunLogger
+    step: int = 0  # optimizer steps done
+    start_epoch: int = 0
+    start_batch: int = 0  # batches of ``start_epoch`` already used (resume inside an epoch)
+    best: float | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    window: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # scalars since the last log
+    window_start: float = field(default_factory=time.time)
+    window_items: int = 0
+    bar: Any = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.fabric.global_rank)
+
+    @property
+    def world(self) -> int:
+        return int(self.fabric.world_size)
 
 
-def build_schedules(cfg: RunConfig, steps_per_epoch: int) -> dict[str, np.ndarray]:
-    """Learning-rate and weight-decay values for every optimizer step of the run."""
-    o, epochs = cfg.optim, cfg.train.epochs
-    if o.schedule == "cosine":
-        lr = cosine_schedule(o.lr, o.min_lr, epochs, steps_per_epoch, o.warmup_epochs, o.warmup_lr)
-    elif o.schedule == "step":
-        lr = step_schedule(o.lr, epochs, steps_per_epoch, o.step_milestones, o.step_gamma, o.warmup_epochs,
-                           o.warmup_lr)
+def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, float]:
+    """Train ``cfg.method`` and return the final evaluation metrics.
+
+    Args:
+        resume: ``"last"`` (the run folder's ``last.ckpt``) or a checkpoint path to continue from; None starts fresh.
+        overwrite: start fresh even if the run folder already holds checkpoints (they are replaced).
+    """
+    run = setup(cfg, resume, overwrite)
+    run.method.train()
+    run.bar = _progress_bar(cfg.train.progress and run.rank == 0, min(run.total_steps, run.max_steps) - run.step,
+                            "train")
+    run.window_start = time.time()
+    try:
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            if run.step >= run.max_steps:
+                break
+            position = train_one_epoch(run, epoch, run.start_batch if epoch == run.start_epoch else 0)
+            if position < run.batches_per_epoch:  # stopped inside the epoch by train.max_steps
+                run.last_metrics = evaluate(run, epoch)
+                save_last(run, epoch, position)
+                break
+            end_of_epoch(run, epoch)
+    finally:
+        if run.bar is not None:
+            run.bar.stop()
+        run.logger.close()
+    return run.last_metrics
+
+
+# ---- setup -------------------------------------------------------------------------------------------------------
+def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
+    """Processes and seeds, the run folder, data and method, optimizers wrapped by Fabric, and the resumed state."""
+    fabric = make_fabric(cfg)
+    fabric.launch()
+    ckpt = _prepare_run_dir(cfg, fabric, resume, overwrite)
+    method, datasets, info = _build_method(cfg, fabric)
+    rank, world = fabric.global_rank, fabric.world_size
+    ema = ModelEma(method.eval_model(), cfg.ema.decay) if cfg.ema.enabled else None
+
+    bs = cfg.data.batch_size
+    train_items = SeededItems(datasets["train"], cfg.train.seed)
+    sampler = ShardedBatchSampler(len(train_items), bs, rank, world, cfg.train.seed)
+    loader = DataLoader(train_items, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        collate_fn=method.collate(), generator=torch.Generator().manual_seed(cfg.train.seed))
+    eval_loaders = {name: DataLoader(_eval_subset(ds, rank, world), batch_size=cfg.data.eval_batch_size,
+                                     shuffle=False, num_workers=cfg.data.num_workers)
+                    for name, ds in datasets.items() if name != "train"}
+    batches_per_epoch, steps_per_epoch = _epoch_length(cfg, len(train_items), world)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    schedules = build_schedules(cfg, steps_per_epoch)
+    schedules.update(method.schedules(total_steps, steps_per_epoch))
+    ema_decay = method.ema_decay_schedule(total_steps, steps_per_epoch)
+    if ema_decay is not None:
+        schedules["ema_decay"] = ema_decay
+
+    module, optimizers, helper = setup_optimization(cfg, fabric, method)
+    if ema is not None:
+        ema.to(fabric.device)
+
+    logger = RunLogger(cfg.run_dir, enabled=rank == 0, resume_step=ckpt["step"] if ckpt is not None else None)
+    run = Run(cfg=cfg, fabric=fabric, method=method, module=module, optimizers=optimizers,
+              helper=helper, ema=ema, info=info,
+              train_items=train_items, sampler=sampler, loader=loader, eval_loaders=eval_loaders, schedules=schedules,
+              batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+              max_steps=cfg.train.max_steps if cfg.train.max_steps is not None else total_steps,
+              logger=logger)
+    if ckpt is not None:
+        _restore(run, ckpt)
+    if rank == 0:
+        atomic_write_bytes(to_yaml(cfg).encode(), cfg.run_dir / "config.yaml")
+    n_params = sum(p.numel() for p in method.eval_model().parameters())
+    run.logger.info(
+        f"{'resuming' if ckpt else 'starting'} {cfg.name}: method {cfg.method.name}, model {cfg.model.name} "
+        f"({n_params / 1e6:.2f}M params), data {cfg.data.name} ({len(train_items)} train items), "
+        f"{world} process(es) on {fabric.device}, {cfg.train.epochs} epochs x {steps_per_epoch} steps"
+        + (f", from step {run.step}" if ckpt else ""))
+    return run
+
+
+def setup_optimization(cfg: RunConfig, fabric: Any, method: Method) -> tuple[Any, dict[str, Any], FabricStepHelper]:
+    """The method wrapped by Fabric, its optimizers built and wrapped (the default one, ``"main"``, for automatic
+    optimisation; the method's own, built with the engine's builder, for manual), and the step helper over them."""
+    if method.automatic_optimization:
+        optimizers = {"main": build_optimizer(cfg, method.param_groups())}
     else:
-        lr = constant_schedule(o.lr, epochs, steps_per_epoch, o.warmup_epochs, o.warmup_lr)
-    if o.weight_decay_end is not None:
-        wd = cosine_schedule(o.weight_decay, o.weight_decay_end, epochs, steps_per_epoch)
+        optimizers = method.configure_optimizers(partial(build_optimizer, cfg))
+    module = fabric.setup_module(method)
+    if not method.automatic_optimization:
+        module.mark_forward_method("training_step")
+    wrapped = {k: fabric.setup_optimizers(v) for k, v in optimizers.items()}
+    return module, wrapped, FabricStepHelper(fabric, module, cfg.optim.clip_grad, wrapped)
+
+
+def _prepare_run_dir(cfg: RunConfig, fabric: Any, resume: str | None, overwrite: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from (or None); refuses to overwrite a run unless asked, clears it when asked."""
+    run_dir = cfg.run_dir
+    if resume == "last":
+        resume = str(run_dir / "last.ckpt")
+    if resume is None and (run_dir / "last.ckpt").exists() and not overwrite:
+        raise RunExistsError(f"run folder {run_dir} already holds last.ckpt: pass --resume to continue it, "
+                             "--overwrite to start again, or choose another --set name=...")
+    ckpt = load_checkpoint(resume) if resume else None
+    if fabric.global_rank == 0 and ckpt is None and overwrite and run_dir.exists():
+        for stale in ("last.ckpt", "best.ckpt", "metrics.csv", "log.txt", "tb", "export"):
+            p = run_dir / stale
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    fabric.barrier()
+    return ckpt
+
+
+def _build_method(cfg: RunConfig, fabric: Any) -> tuple[Method, dict[str, Dataset], DataInfo]:
+    """The method's data sets (built by one process per node first: bundled sets are cached on first use) and the
+    method, with identical initial weights in every process and for every world size."""
+    method_cls = METHODS[cfg.method.name] if cfg.method.name in METHODS else None
+    if method_cls is None:
+        from vitlab.plugins import load_method_plugins
+
+        load_method_plugins()
+
+        method_cls = METHODS[cfg.method.name]
+    if fabric.local_rank == 0:
+        datasets = method_cls.build_datasets(cfg)
+    fabric.barrier()
+    if fabric.local_rank != 0:
+        datasets = method_cls.build_datasets(cfg)
+    if "train" not in datasets:
+        raise ConfigError(f"method.name: {cfg.method.name!r} has no training set (it is evaluated, not trained: "
+                          "use `vitlab eval --ckpt`)")
+    info = data_info_from(cfg, datasets["train"])
+    seed_everything(cfg.train.seed)
+    method = build_method(cfg, info)
+    seed_everything(cfg.train.seed + fabric.global_rank)
+    return method, datasets, info
+
+
+def _epoch_length(cfg: RunConfig, items: int, world: int) -> tuple[int, int]:
+    """(batches, optimizer steps) per epoch: whole accumulation groups of whole global batches."""
+    bs, accum = cfg.data.batch_size, cfg.optim.accum_steps
+    batches_per_epoch = (items // (bs * world)) // accum * accum
+    if batches_per_epoch == 0:
+        raise ConfigError(f"data.batch_size: {bs} x {world} processes x optim.accum_steps {accum} is larger than the "
+                          f"training set ({items} items)")
+    if cfg.train.steps_per_epoch is not None:  # e.g. SCORE's epochs counted in batches of the real+generated mix
+        batches_per_epoch = min(batches_per_epoch, cfg.train.steps_per_epoch * accum)
+    return batches_per_epoch, batches_per_epoch // accum
+
+
+def _restore(run: Run, ckpt: Mapping[str, Any]) -> None:
+    """Method, optimizers, EMA, counters, metrics and this process's RNG state from a checkpoint."""
+    run.method.load_state_dict(ckpt["method"])
+    for k, opt in run.optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][k])
+    if run.ema is not None and ckpt.get("ema") is not None:
+        run.ema.load_state_dict(ckpt["ema"])
+    run.step, run.start_epoch, run.start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    run.best, run.last_metrics = ckpt.get("best"), dict(ckpt.get("metrics", {}))
+    rng = ckpt["rng"]
+    restore_rng_state(rng[run.rank] if isinstance(rng, list) else rng)
+
+
+# ---- one epoch ---------------------------------------------------------------------------------------------------
+def train_one_epoch(run: Run, epoch: int, first: int) -> int:
+    """Train from batch ``first`` to the end of the epoch (or ``train.max_steps``); returns the batches used."""
+    cfg = run.cfg
+    run.train_items.set_epoch(epoch)
+    run.sampler.set_epoch(epoch, first)
+    position = first  # batches of this epoch already used
+    for i, batch in enumerate(run.loader, start=first):
+        if i >= run.batches_per_epoch or run.step >= run.max_steps:
+            break
+        position = i + 1
+        batch = run.fabric.to_device(batch)
+        progress = Progress(step=run.step, epoch=epoch, total_steps=run.total_steps,
+                            steps_per_epoch=run.steps_per_epoch,
+                            values={k: float(v[min(run.step, len(v) - 1)]) for k, v in run.schedules.items()})
+        out = train_step(run, batch, progress, last_micro=(i + 1) % cfg.optim.accum_steps == 0)
+        if out is None:
+            continue
+        run.window_items += run.method.batch_items(batch) * cfg.optim.accum_steps
+        for k, v in _to_float_dict(out).items():
+            run.window[k].append(v)
+        if run.bar is not None:
+            run.bar.update(run.bar.task_ids[0], advance=1, status=f"loss {float(out['loss']):.4f}")
+        if run.step % cfg.train.log_every == 0:
+            _log_window(run, epoch, progress["lr"])
+        every = cfg.train.ckpt_every_steps
+        if every and run.step % every == 0 and position < run.batches_per_epoch:
+            save_last(run, epoch, position)
+    return position
+
+
+def train_step(run: Run, batch: Any, progress: Progress, last_micro: bool) -> dict[str, Any] | None:
+    """One batch: forward and backward (and the optimizer step on the last micro-batch of an accumulation group),
+    or the method's own steps. Returns the scalars to log after an optimizer step, None inside an accumulation."""
+    fabric, method, module = run.fabric, run.method, run.module
+    if method.automatic_optimization:
+        opt = run.optimizers["main"]
+        apply_schedule(opt, progress["lr"], progress["weight_decay"])
+        with fabric.no_backward_sync(module, enabled=not last_micro):
+            out = module(batch, progress)
+            _check_finite(fabric, out["loss"], out, progress.step, progress.epoch, run.cfg.run_dir)
+            fabric.backward(out["loss"] / run.cfg.optim.accum_steps)
+        if last_micro:
+            if run.cfg.optim.clip_grad is not None:
+                fabric.clip_gradients(module, opt, max_norm=run.cfg.optim.clip_grad)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     else:
-        wd = constant_schedule(o.weight_decay, epochs, steps_per_epoch)
-    return {"lr": lr, "weight_decay": wd}
+        out = manual_step(fabric, module, batch, progress, run.helper)
+        _check_finite(fabric, out["loss"], out, progress.step, progress.epoch, run.cfg.run_dir)
+    if not last_micro:
+        return None
+    # per-step updates: the method's own (EMA teachers, momentum), then the weight EMA (its decay may be scheduled)
+    method.on_optimizer_step(progress)
+    if run.ema is not None:
+        run.ema.update(method.eval_model(), progress.values.get("ema_decay"))
+    run.step += 1
+    return out
 
 
-def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-        if weight_decay is not None and group.get("apply_wd", True):
-            group["weight_decay"] = weight_decay
+def manual_step(fabric: Any, module: Any, batch: Any, progress: Progress, helper: FabricStepHelper) -> dict[str, Any]:
+    """A manual-optimisation method's ``training_step`` under the run's precision (autocast for ``*-mixed``).
+
+    Fabric enters its precision context for a marked forward method only when a strategy wraps the module (DDP); on
+    one device the call reaches the method directly, so the context is entered here (a no-op for 32-true).
+    """
+    with fabric.autocast():
+        return module.training_step(batch, progress, helper)  # type: ignore[no-any-return]
 
 
-class _FabricStepHelper:
-    """Backward and step for manual-optimisation methods, through Fabric (precision, DDP)."""
-
-    def __init__(self, fabric: Any, module: nn.Module, clip_grad: float | None,
-                 optimizers: dict[str, torch.optim.Optimizer]) -> None:
-        self.fabric, self.module, self.clip_grad = fabric, module, clip_grad
-        self.optimizers = optimizers  # the Fabric-wrapped optimizers, by the names configure_optimizers gave them
-
-    def backward(self, loss: Tensor, model: nn.Module | None = None) -> None:
-        self.fabric.backward(loss, model=model if model is not None else self.module)
-
-    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[Tensor] | None = None) -> None:
-        if self.clip_grad is not None:
-            params = list(parameters) if parameters is not None else [
-                p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def set_lr(self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
-        apply_schedule(optimizer, lr, weight_decay)
+def _log_window(run: Run, epoch: int, lr: float) -> None:
+    """Mean of every logged scalar since the last log (averaged over processes), the lr and the throughput."""
+    means = {k: float(np.mean(v)) for k, v in run.window.items()}
+    means = {k: float(run.fabric.all_reduce(torch.tensor(v), reduce_op="mean")) for k, v in means.items()}
+    dt = time.time() - run.window_start
+    means["lr"] = lr
+    means["items_per_s"] = run.window_items * run.world / max(dt, 1e-9)
+    run.logger.metrics(run.step, epoch, "train", means)
+    run.logger.info(f"epoch {epoch} step {run.step}/{run.total_steps} " +
+                    "  ".join(f"{k} {v:.4g}" for k, v in means.items()))
+    run.window.clear()
+    run.window_start, run.window_items = time.time(), 0
 
 
+# ---- evaluate and save -------------------------------------------------------------------------------------------
+def end_of_epoch(run: Run, epoch: int) -> None:
+    """Evaluate when due (every ``train.eval_every`` epochs, the last epoch, the last step); keep last and best."""
+    cfg = run.cfg
+    if not ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs or run.step >= run.max_steps):
+        save_last(run, epoch + 1, 0)
+        return
+    run.last_metrics = evaluate(run, epoch)
+    monitor, larger_is_better = run.method.monitor
+    value = run.last_metrics.get(monitor)
+    improved = value is not None and (run.best is None or (value > run.best if larger_is_better else value < run.best))
+    if improved:
+        run.best = value
+    save_last(run, epoch + 1, 0)
+    if improved and run.rank == 0:
+        run_dir = cfg.run_dir
+        shutil.copyfile(run_dir / "last.ckpt", run_dir / ".best.ckpt.tmp")
+        os.replace(run_dir / ".best.ckpt.tmp", run_dir / "best.ckpt")
+
+
+def evaluate(run: Run, epoch: int) -> dict[str, float]:
+    """The method's metrics on the evaluation loaders (of the weight EMA when ``ema.evaluate``), logged."""
+    model = run.ema.module if (run.ema is not None and run.cfg.ema.evaluate) else None
+    run.method.eval()
+    with torch.no_grad():
+        metrics = run.method.evaluate(run.eval_loaders, run.fabric, model=model)
+    run.method.train()
+    run.logger.metrics(run.step, epoch, "eval", metrics)
+    run.logger.info(f"epoch {epoch} step {run.step}: " + "  ".join(f"{k} {float(v):.4f}" for k, v in metrics.items()
+                                                                   if isinstance(v, (int, float))))
+    return metrics
+
+
+def save_last(run: Run, epoch: int, batch_in_epoch: int) -> None:
+    """``last.ckpt``: everything :func:`_restore` needs to continue at batch ``batch_in_epoch`` of ``epoch``."""
+    rng_states: Any = capture_rng_state()
+    if run.world > 1:
+        gathered: list[Any] = [None] * run.world
+        torch.distributed.all_gather_object(gathered, rng_states)
+        rng_states = gathered
+    if run.rank == 0:
+        state = {"format": CKPT_FORMAT, "version": 1, "config": to_container(run.cfg), "data_info": asdict(run.info),
+                 "method": run.method.state_dict(),
+                 "optimizers": {k: o.state_dict() for k, o in run.optimizers.items()},
+                 "ema": run.ema.state_dict() if run.ema is not None else None, "step": run.step, "epoch": epoch,
+                 "batch_in_epoch": batch_in_epoch, "rng": rng_states, "metrics": run.last_metrics, "best": run.best}
+        atomic_torch_save(state, run.cfg.run_dir / "last.ckpt")
+    run.fabric.barrier()
+
+
+# ---- small pieces ------------------------------------------------------------------------------------------------
 def _eval_subset(dataset: Dataset, rank: int, world: int) -> Dataset:
     """Every process evaluates a disjoint strided share; metrics are summed across processes (no padding)."""
     if world == 1:
         return dataset
     return Subset(dataset, list(range(rank, len(dataset), world)))  # type: ignore[arg-type]
-
-
-def data_info_from(cfg: RunConfig, train_set: Any) -> DataInfo:
-    for attr in ("num_classes", "mean", "std"):
-        if not hasattr(train_set, attr):
-            raise ConfigError(f"data.name: the {cfg.data.name!r} training set has no {attr!r} attribute")
-    return DataInfo(num_classes=int(train_set.num_classes), channels=cfg.data.channels, img_size=cfg.data.img_size,
-                    mean=tuple(float(m) for m in train_set.mean), std=tuple(float(s) for s in train_set.std),
-                    classes=[str(c) for c in getattr(train_set, "classes", [])])
 
 
 def _to_float_dict(out: Mapping[str, Any]) -> dict[str, float]:
@@ -158,223 +436,6 @@ def _progress_bar(enabled: bool, total: int, description: str) -> Any:
     return bar
 
 
-def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, float]:
-    """Train ``cfg.method`` and return the final evaluation metrics.
-
-    Args:
-        resume: ``"last"`` (the run folder's ``last.ckpt``) or a checkpoint path to continue from; None starts fresh.
-        overwrite: start fresh even if the run folder already holds checkpoints (they are replaced).
-    """
-    # ---- processes, devices, seeds -------------------------------------------------------------------------------
-    fabric = make_fabric(cfg)
-    fabric.launch()
-    rank, world = fabric.global_rank, fabric.world_size
-    run_dir = cfg.run_dir
-    if resume == "last":
-        resume = str(run_dir / "last.ckpt")
-    if resume is None and (run_dir / "last.ckpt").exists() and not overwrite:
-        raise RunExistsError(f"run folder {run_dir} already holds last.ckpt: pass --resume to continue it, "
-                             "--overwrite to start again, or choose another --set name=...")
-    ckpt = load_checkpoint(resume) if resume else None
-    if rank == 0 and ckpt is None and overwrite and run_dir.exists():
-        for stale in ("last.ckpt", "best.ckpt", "metrics.csv", "log.txt", "tb", "export"):
-            p = run_dir / stale
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    fabric.barrier()
-
-    # ---- data and method ------------------------------------------------------------------------------------------
-    method_cls = METHODS[cfg.method.name] if cfg.method.name in METHODS else None
-    if method_cls is None:
-        from vitlab.plugins import load_method_plugins
-
-        load_method_plugins()
-        method_cls = METHODS[cfg.method.name]
-    # Bundled sets are rendered and cached on first use: one process per node builds, the others then read the cache.
-    if fabric.local_rank == 0:
-        datasets = method_cls.build_datasets(cfg)
-    fabric.barrier()
-    if fabric.local_rank != 0:
-        datasets = method_cls.build_datasets(cfg)
-    if "train" not in datasets:
-        raise ConfigError(f"method.name: {cfg.method.name!r} has no training set (it is evaluated, not trained: "
-                          "use `vitlab eval --ckpt`)")
-    info = data_info_from(cfg, datasets["train"])
-    seed_everything(cfg.train.seed)  # identical initial weights in every process and for every world size
-    method: Method = build_method(cfg, info)
-    seed_everything(cfg.train.seed + rank)
-    ema = ModelEma(method.eval_model(), cfg.ema.decay) if cfg.ema.enabled else None
-
-    bs = cfg.data.batch_size
-    train_items = SeededItems(datasets["train"], cfg.train.seed)
-    sampler = ShardedBatchSampler(len(train_items), bs, rank, world, cfg.train.seed)
-    loader = DataLoader(train_items, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        collate_fn=method.collate(), generator=torch.Generator().manual_seed(cfg.train.seed))
-    eval_loaders = {name: DataLoader(_eval_subset(ds, rank, world), batch_size=cfg.data.eval_batch_size,
-                                     shuffle=False, num_workers=cfg.data.num_workers)
-                    for name, ds in datasets.items() if name != "train"}
-    accum = cfg.optim.accum_steps
-    batches_per_epoch = (len(train_items) // (bs * world)) // accum * accum
-    if batches_per_epoch == 0:
-        raise ConfigError(f"data.batch_size: {bs} x {world} processes x optim.accum_steps {accum} is larger than the "
-                          f"training set ({len(train_items)} items)")
-    if cfg.train.steps_per_epoch is not None:  # e.g. SCORE's epochs counted in batches of the real+generated mix
-        batches_per_epoch = min(batches_per_epoch, cfg.train.steps_per_epoch * accum)
-    steps_per_epoch = batches_per_epoch // accum
-    total_steps = cfg.train.epochs * steps_per_epoch
-    schedules = build_schedules(cfg, steps_per_epoch)
-    schedules.update(method.schedules(total_steps, steps_per_epoch))
-
-    # ---- optimizers, wrapped by Fabric ----------------------------------------------------------------------------
-    if method.automatic_optimization:
-        optimizers = {"main": build_optimizer(cfg, method.param_groups())}
-    else:
-        optimizers = method.configure_optimizers()
-    module = fabric.setup_module(method)
-    if not method.automatic_optimization:
-        module.mark_forward_method("training_step")
-    optimizers = {k: fabric.setup_optimizers(v) for k, v in optimizers.items()}
-    if ema is not None:
-        ema.to(fabric.device)
-
-    # ---- resume ---------------------------------------------------------------------------------------------------
-    step, start_epoch, start_batch, best, last_metrics = 0, 0, 0, None, {}
-    if ckpt is not None:
-        method.load_state_dict(ckpt["method"])
-        for k, opt in optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][k])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        best, last_metrics = ckpt.get("best"), dict(ckpt.get("metrics", {}))
-        rng = ckpt["rng"]
-        restore_rng_state(rng[rank] if isinstance(rng, list) else rng)
-    logger = RunLogger(run_dir, enabled=rank == 0, resume_step=step if ckpt is not None else None)
-    if rank == 0:
-        atomic_write_bytes(to_yaml(cfg).encode(), run_dir / "config.yaml")
-    n_params = sum(p.numel() for p in method.eval_model().parameters())
-    logger.info(f"{'resuming' if ckpt else 'starting'} {cfg.name}: method {cfg.method.name}, model {cfg.model.name} "
-                f"({n_params / 1e6:.2f}M params), data {cfg.data.name} ({len(train_items)} train items), "
-                f"{world} process(es) on {fabric.device}, {cfg.train.epochs} epochs x {steps_per_epoch} steps"
-                + (f", from step {step}" if ckpt else ""))
-
-    monitor, larger_is_better = method.monitor
-    helper = _FabricStepHelper(fabric, module, cfg.optim.clip_grad, optimizers)
-    max_steps = cfg.train.max_steps if cfg.train.max_steps is not None else total_steps
-
-    def save(path_name: str, epoch: int, batch_in_epoch: int) -> None:
-        rng_states: Any = capture_rng_state()
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            torch.distributed.all_gather_object(gathered, rng_states)
-            rng_states = gathered
-        if rank == 0:
-            state = {"format": CKPT_FORMAT, "version": 1, "config": to_container(cfg), "data_info": asdict(info),
-                     "method": method.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                     "ema": ema.state_dict() if ema is not None else None, "step": step, "epoch": epoch,
-                     "batch_in_epoch": batch_in_epoch, "rng": rng_states, "metrics": last_metrics, "best": best}
-            atomic_torch_save(state, run_dir / path_name)
-        fabric.barrier()
-
-    def evaluate(epoch: int) -> dict[str, float]:
-        model = ema.module if (ema is not None and cfg.ema.evaluate) else None
-        method.eval()
-        with torch.no_grad():
-            metrics = method.evaluate(eval_loaders, fabric, model=model)
-        method.train()
-        logger.metrics(step, epoch, "eval", metrics)
-        logger.info(f"epoch {epoch} step {step}: " + "  ".join(f"{k} {float(v):.4f}" for k, v in metrics.items()
-                                                                   if isinstance(v, (int, float))))
-        return metrics
-
-    # ---- the loop -------------------------------------------------------------------------------------------------
-    method.train()
-    window: dict[str, list[float]] = defaultdict(list)
-    t_window, n_window = time.time(), 0
-    bar = _progress_bar(cfg.train.progress and rank == 0, min(total_steps, max_steps) - step, "train")
-    try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            if step >= max_steps:
-                break
-            first = start_batch if epoch == start_epoch else 0
-            train_items.set_epoch(epoch)
-            sampler.set_epoch(epoch, first)
-            position = first  # batches of this epoch already used
-            for i, batch in enumerate(loader, start=first):
-                if i >= batches_per_epoch or step >= max_steps:
-                    break
-                position = i + 1
-                batch = fabric.to_device(batch)
-                progress = Progress(step=step, epoch=epoch, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                                    values={k: float(v[min(step, len(v) - 1)]) for k, v in schedules.items()})
-                last_micro = (i + 1) % accum == 0
-                # forward and backward (automatic), or the method's own steps (manual)
-                if method.automatic_optimization:
-                    opt = optimizers["main"]
-                    apply_schedule(opt, progress["lr"], progress["weight_decay"])
-                    with fabric.no_backward_sync(module, enabled=not last_micro):
-                        out = module(batch, progress)
-                        loss = out["loss"]
-                        _check_finite(fabric, loss, out, step, epoch, run_dir)
-                        fabric.backward(loss / accum)
-                    if last_micro:
-                        if cfg.optim.clip_grad is not None:
-                            fabric.clip_gradients(module, opt, max_norm=cfg.optim.clip_grad)
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                else:
-                    out = module.training_step(batch, progress, helper)
-                    _check_finite(fabric, out["loss"], out, step, epoch, run_dir)
-                if not last_micro:
-                    continue
-                # per-step updates: the method's own (EMA teachers, momentum), then the weight EMA
-                method.on_optimizer_step(progress)
-                if ema is not None:
-                    # a method may schedule the EMA decay per step (e.g. SCORE's warm-up of the average)
-                    ema.update(method.eval_model(), progress.values.get("ema_decay"))
-                step += 1
-                n_window += len(batch["label"]) * accum if isinstance(batch, Mapping) and "label" in batch else 0
-                for k, v in _to_float_dict(out).items():
-                    window[k].append(v)
-                if bar is not None:
-                    bar.update(bar.task_ids[0], advance=1, status=f"loss {float(out['loss']):.4f}")
-                if step % cfg.train.log_every == 0:
-                    means = {k: float(np.mean(v)) for k, v in window.items()}
-                    means = {k: float(fabric.all_reduce(torch.tensor(v), reduce_op="mean")) for k, v in means.items()}
-                    dt = time.time() - t_window
-                    means["lr"] = progress["lr"]
-                    means["items_per_s"] = n_window * world / max(dt, 1e-9)
-                    logger.metrics(step, epoch, "train", means)
-                    logger.info(f"epoch {epoch} step {step}/{total_steps} " +
-                                "  ".join(f"{k} {v:.4g}" for k, v in means.items()))
-                    window.clear()
-                    t_window, n_window = time.time(), 0
-                every = cfg.train.ckpt_every_steps
-                if every and step % every == 0 and position < batches_per_epoch:
-                    save("last.ckpt", epoch, position)
-            if position < batches_per_epoch:  # stopped inside the epoch by train.max_steps
-                last_metrics = evaluate(epoch)
-                save("last.ckpt", epoch, position)
-                break
-            # ---- end of epoch: evaluate, keep last and best ---------------------------------------------------------
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs or step >= max_steps:
-                last_metrics = evaluate(epoch)
-                value = last_metrics.get(monitor)
-                improved = value is not None and (best is None or (value > best if larger_is_better else value < best))
-                if improved:
-                    best = value
-                save("last.ckpt", epoch + 1, 0)
-                if improved and rank == 0:
-                    shutil.copyfile(run_dir / "last.ckpt", run_dir / ".best.ckpt.tmp")
-                    os.replace(run_dir / ".best.ckpt.tmp", run_dir / "best.ckpt")
-            else:
-                save("last.ckpt", epoch + 1, 0)
-    finally:
-        if bar is not None:
-            bar.stop()
-        logger.close()
-    return last_metrics
-
-
 def _check_finite(fabric: Any, loss: Tensor, out: Mapping[str, Any], step: int, epoch: int, run_dir: Any) -> None:
     bad = not bool(torch.isfinite(loss.detach()).all())
     if fabric.world_size > 1:
@@ -384,4 +445,3 @@ def _check_finite(fabric: Any, loss: Tensor, out: Mapping[str, Any], step: int, 
                           for k, v in out.items() if isinstance(v, Tensor))
         raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step} ({terms}); stopped. The last good "
                                  f"checkpoint is {run_dir / 'last.ckpt'} — lower optim.lr or set optim.clip_grad")
-

@@ -22,8 +22,10 @@ DISTILL_TYPES = ("soft", "hard")
 def deit_distillation_loss(student: Tensor, teacher: Tensor, kind: str, tau: float) -> Tensor:
     """DeiT's distillation term. student, teacher: (B, K) logits (the teacher's without gradient) -> scalar.
 
-    ``tau`` is used by ``soft`` only. Raises ValueError for a kind outside :data:`DISTILL_TYPES`.
+    ``tau`` is used by ``soft`` only. Raises ValueError for a kind outside :data:`DISTILL_TYPES`. Computed in float32
+    (also under autocast).
     """
+    student, teacher = student.float(), teacher.float()
     if kind == "hard":
         return F.cross_entropy(student, teacher.argmax(dim=-1))
     if kind == "soft":

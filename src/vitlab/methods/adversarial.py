@@ -10,9 +10,9 @@ during the attack is explicit (``attack_mode``):
 * ``train`` — SCORE's ``without_DDPM`` PGD-AT attack (train mode, the attack passes update BN buffers).
 
 The outer forward passes always run in train mode with BN tracking on. Weight averaging is the engine's model EMA
-(``ema.enabled``); with ``ema_schedule: score``, :meth:`AdversarialTraining.schedules` gives the engine SCORE's
-per-update decay as ``ema_decay`` (:func:`~vitlab.engine.schedules.restarting_ema_decay`), which the engine's EMA
-uses in place of ``ema.decay``.
+(``ema.enabled``); with ``ema_schedule: score``, :meth:`AdversarialTraining.ema_decay_schedule` gives the engine
+SCORE's per-update decay (:func:`~vitlab.engine.schedules.restarting_ema_decay`), which the engine's EMA uses in
+place of ``ema.decay``.
 """
 
 from __future__ import annotations
@@ -130,11 +130,11 @@ class AdversarialTraining(Method[AdversarialConfig]):
     def eval_model(self) -> nn.Module:
         return self.model
 
-    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+    def ema_decay_schedule(self, total_steps: int, steps_per_epoch: int) -> np.ndarray | None:
+        """SCORE's restarting decay of the weight EMA (``ema_schedule: score``), else the constant ``ema.decay``."""
         if self.mcfg.ema_schedule == "score":
-            epochs = total_steps // steps_per_epoch
-            return {"ema_decay": restarting_ema_decay(epochs, steps_per_epoch, self.cfg.ema.decay)}
-        return {}
+            return restarting_ema_decay(total_steps // steps_per_epoch, steps_per_epoch, self.cfg.ema.decay)
+        return None
 
     # ---- pieces ---------------------------------------------------------------------------------------------------
     def mix_extra(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

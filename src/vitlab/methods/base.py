@@ -8,7 +8,8 @@ into a dict of scalars with a ``loss``. The engine runs it:
   :meth:`Method.on_optimizer_step` (EMA teachers, momentum updates).
 * **manual optimisation** (``automatic_optimization = False``, as Lightning's manual mode): the engine calls
   :meth:`Method.training_step` with a :class:`StepHelper`; the method back-propagates and steps its own optimizers,
-  declared by :meth:`Method.configure_optimizers`, through the helper (so precision and DDP stay the engine's job).
+  declared by :meth:`Method.configure_optimizers` (with the engine's optimizer builder), through the helper: it steps
+  ``helper.optimizers[name]``, the engine-wrapped ones, so precision and DDP stay the engine's job.
 
 Schedules (learning rate, weight decay, and any the method declares in :meth:`Method.schedules`) are arrays computed
 by the engine before training and handed in per step through :class:`Progress`; a method keeps no schedule state.
@@ -26,6 +27,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from vitlab.config import ConfigError, MethodConfig, RunConfig, register_method_config
+
+#: the engine's optimizer builder, bound to the run's ``optim`` section: parameter groups -> SGD or AdamW
+OptimizerBuilder = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
 @dataclass
@@ -54,18 +58,31 @@ class Progress:
         return self.values[key]
 
 
+def data_info_from(cfg: RunConfig, train_set: Any) -> DataInfo:
+    """The :class:`DataInfo` of a training set (it carries ``num_classes``, ``mean``, ``std``, maybe ``classes``)."""
+    for attr in ("num_classes", "mean", "std"):
+        if not hasattr(train_set, attr):
+            raise ConfigError(f"data.name: the {cfg.data.name!r} training set has no {attr!r} attribute")
+    return DataInfo(num_classes=int(train_set.num_classes), channels=cfg.data.channels, img_size=cfg.data.img_size,
+                    mean=tuple(float(m) for m in train_set.mean), std=tuple(float(s) for s in train_set.std),
+                    classes=[str(c) for c in getattr(train_set, "classes", [])])
+
+
 class StepHelper(Protocol):
     """What the engine lends a manual-optimisation method: precision- and DDP-aware backward and step.
 
     ``optimizers`` holds the engine-wrapped optimizers (by the names :meth:`Method.configure_optimizers` returned);
-    step those, so mixed-precision gradient scaling is applied.
+    step those, so mixed-precision gradient scaling is applied. ``step`` clips to ``optim.clip_grad`` (if set), steps
+    and zeroes the gradients; a method that clips on its own calls ``unscale_gradients`` first.
     """
 
     optimizers: dict[str, torch.optim.Optimizer]
 
     def backward(self, loss: Tensor, model: nn.Module | None = None) -> None: ...
 
-    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[Tensor] | None = None) -> None: ...
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None: ...
 
     def set_lr(self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None: ...
 
@@ -138,6 +155,15 @@ class Method(nn.Module, Generic[C]):
         """Per-step arrays of the method's own scheduled values (e.g. teacher momentum), length ``total_steps``."""
         return {}
 
+    def ema_decay_schedule(self, total_steps: int, steps_per_epoch: int) -> np.ndarray | None:
+        """Per-step decay of the engine's weight EMA (``ema.enabled``), length ``total_steps``; None keeps the
+        constant ``ema.decay``."""
+        return None
+
+    def batch_items(self, batch: Any) -> int:
+        """How many items (images, clips) a training batch holds, for the logged throughput; 0 if unknown."""
+        return len(batch["label"]) if isinstance(batch, Mapping) and "label" in batch else 0
+
     def on_optimizer_step(self, progress: Progress) -> None:
         """Called after every optimizer step (EMA teachers, momentum encoders, centroid updates)."""
 
@@ -150,8 +176,9 @@ class Method(nn.Module, Generic[C]):
         return param_groups_weight_decay(self.trainable_model(), self.cfg.optim.weight_decay,
                                          decay_pos_embed=self.cfg.optim.decay_pos_embed)
 
-    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Manual optimisation only: the method's own optimizers, by name."""
+    def configure_optimizers(self, build_optimizer: OptimizerBuilder) -> dict[str, torch.optim.Optimizer]:
+        """Manual optimisation only: the method's own optimizers, by name; ``build_optimizer(groups)`` builds the
+        run's ``optim`` optimizer."""
         return {}
 
     # ---- evaluation and export ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from vitlab.config import RunConfig
 from vitlab.engine.schedules import step_schedule
-from vitlab.methods.base import DataInfo, Progress, StepHelper, register_method
+from vitlab.methods.base import DataInfo, OptimizerBuilder, Progress, StepHelper, register_method
 from vitlab.methods.data_free import DataFreeQuantMethod
 from vitlab.quant.generator import build_generator
 from vitlab.quant.losses import BNStatsRecorder, bns_loss, kd_loss
@@ -40,19 +40,12 @@ class GDFQ(DataFreeQuantMethod):
                                          m.generator_bn_eps)
         self.kd_reduction = m.kd_reduction or self.default_kd_reduction
 
-    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        o, m = self.cfg.optim, self.mcfg
-        if o.name == "sgd":
-            student: torch.optim.Optimizer = torch.optim.SGD(self.student.parameters(), lr=o.lr, momentum=o.momentum,
-                                                             nesterov=o.nesterov, weight_decay=o.weight_decay)
-        else:
-            student = torch.optim.AdamW(self.student.parameters(), lr=o.lr, betas=(o.betas[0], o.betas[1]),
-                                        weight_decay=o.weight_decay)
+    def configure_optimizers(self, build_optimizer: OptimizerBuilder) -> dict[str, torch.optim.Optimizer]:
+        """The student's optimizer from the ``optim`` section; the generator's Adam from ``method.generator_*``."""
+        m = self.mcfg
         generator = torch.optim.Adam(self.generator.parameters(), lr=m.generator_lr,
                                      betas=(m.generator_betas[0], m.generator_betas[1]))
-        # kept for training_step: Fabric wraps these same objects, so state and parameter groups are shared
-        self._optimizers = {"student": student, "generator": generator}
-        return dict(self._optimizers)
+        return {"student": build_optimizer(self.student.parameters()), "generator": generator}
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         o, m = self.cfg.optim, self.mcfg
@@ -75,9 +68,7 @@ class GDFQ(DataFreeQuantMethod):
 
     def training_step(self, batch: dict[str, Tensor], progress: Progress, helper: StepHelper) -> dict[str, Tensor]:
         m = self.mcfg
-        opts: dict[str, torch.optim.Optimizer] | None = getattr(self, "_optimizers", None)
-        if opts is None:
-            raise RuntimeError(f"{type(self).__name__}.training_step: configure_optimizers() was not called first")
+        opts = helper.optimizers
         labels = batch["label"]
         helper.set_lr(opts["generator"], progress["generator_lr"])
         helper.set_lr(opts["student"], progress["lr"], progress["weight_decay"])

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.losses.distillation import deit_total_loss
-from vitlab.methods.base import DataInfo, Method, Progress, StepHelper, register_method
+from vitlab.methods.base import DataInfo, Method, OptimizerBuilder, Progress, StepHelper, register_method
 from vitlab.models.classifier import build_classifier
 
 
@@ -203,7 +203,6 @@ class HAT(Method[HATConfig]):
         self.mixup = build_mixup(cfg.data.aug, data.num_classes, mcfg.label_smoothing)
         self.eps, self.step_size = parse_eps(mcfg.adv_eps), parse_eps(mcfg.adv_lr)
         self.register_buffer("delta_scale", input_scale(self.model, mcfg.eps_space, data.channels), persistent=False)
-        self._optimizer: torch.optim.Optimizer | None = None
         self.teacher: nn.Module | None = None
         if mcfg.teacher_ckpt:
             from vitlab.engine.checkpoint import load_frozen_teacher
@@ -222,11 +221,8 @@ class HAT(Method[HATConfig]):
     def eval_model(self) -> nn.Module:
         return self.model
 
-    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        from vitlab.engine.trainer import build_optimizer
-
-        self._optimizer = build_optimizer(self.cfg, self.param_groups())
-        return {"main": self._optimizer}
+    def configure_optimizers(self, build_optimizer: OptimizerBuilder) -> dict[str, torch.optim.Optimizer]:
+        return {"main": build_optimizer(self.param_groups())}
 
     def scale_tensor(self) -> Tensor:
         """σ_c per channel (C,): δ's unit in [0, 1] pixels."""
@@ -256,7 +252,7 @@ class HAT(Method[HATConfig]):
         return lambda d: highpass(d, radius)
 
     def training_step(self, batch: dict[str, Tensor], progress: Progress, helper: StepHelper) -> dict[str, Tensor]:
-        (optimizer,) = self._optimizers(helper)
+        optimizer = helper.optimizers["main"]
         helper.set_lr(optimizer, progress["lr"], progress["weight_decay"])
         x, target = self.soft_targets(batch["image"], batch["label"])
         iters = self.iters_at(progress.epoch)
@@ -275,17 +271,6 @@ class HAT(Method[HATConfig]):
         if step.distill:
             out["distill"] = torch.stack(step.distill).mean()
         return out
-
-    def _optimizers(self, helper: StepHelper) -> tuple[torch.optim.Optimizer]:
-        # The engine's helper does not hand the (Fabric-wrapped) optimizers back to training_step; a helper that
-        # exposes them as ``helper.optimizers`` is preferred, else the optimizer built by configure_optimizers
-        # (Fabric wraps that same object, so its state and parameter groups are shared).
-        wrapped = getattr(helper, "optimizers", None)
-        if isinstance(wrapped, dict) and "main" in wrapped:
-            return (wrapped["main"],)
-        if self._optimizer is None:
-            raise RuntimeError("HAT: configure_optimizers() was not called before training_step")
-        return (self._optimizer,)
 
     def evaluate(self, loaders: Mapping[str, Any], fabric: Any, model: nn.Module | None = None) -> dict[str, float]:
         metrics = super().evaluate(loaders, fabric, model)

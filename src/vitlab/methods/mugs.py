@@ -41,7 +41,7 @@ from vitlab.evaluation.knn import extract_features, knn_accuracy
 from vitlab.evaluation.linear_probe import has_vit_tokens, last_blocks_features, linear_probe_accuracy
 from vitlab.losses.distributed import world_size
 from vitlab.losses.mugs import GroupDiscriminationLoss, NeighbourMemory, QueueInfoNCELoss
-from vitlab.methods.base import DataInfo, Method, Progress, StepHelper, register_method
+from vitlab.methods.base import DataInfo, Method, OptimizerBuilder, Progress, StepHelper, register_method
 from vitlab.models.classifier import ImageClassifier, build_classifier
 
 LGDSQuery = Literal["prenorm_all_tokens", "postnorm_patch_mean"]
@@ -475,12 +475,9 @@ class Mugs(Method[MugsConfig]):
                             "lr_scale": self.mcfg.patch_embed_lr_scale if patch_embed else 1.0})
         return out
 
-    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """AdamW over the student (the engine's ``optim`` section); kept here for ``training_step``."""
-        from vitlab.engine.trainer import build_optimizer
-
-        self._main_optimizer = build_optimizer(self.cfg, self.param_groups())
-        return {"main": self._main_optimizer}
+    def configure_optimizers(self, build_optimizer: OptimizerBuilder) -> dict[str, torch.optim.Optimizer]:
+        """AdamW over the student (the engine's ``optim`` section)."""
+        return {"main": build_optimizer(self.param_groups())}
 
     def trainable_model(self) -> nn.Module:
         return self.student
@@ -526,23 +523,18 @@ class Mugs(Method[MugsConfig]):
         return out
 
     def training_step(self, batch: dict[str, Tensor], progress: Progress, helper: StepHelper) -> dict[str, Tensor]:
-        optimizer = self._optimizer()
+        optimizer = helper.optimizers["main"]
         helper.set_lr(optimizer, progress["lr"], progress["weight_decay"])
         out = self(batch, progress)
         helper.backward(out["loss"])
         if self.mcfg.clip_grad_per_param is not None:
+            helper.unscale_gradients(optimizer)  # clip the true gradients, not loss-scaled ones (16-mixed)
             clip_gradients_per_parameter(self.student.parameters(), self.mcfg.clip_grad_per_param)
         if progress.epoch < self.mcfg.gds.freeze_last_layer and self.student.group_head is not None:
             for p in self.student.group_head.last_layer.parameters():
                 p.grad = None
         helper.step(optimizer)
         return out
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        optimizer: torch.optim.Optimizer | None = getattr(self, "_main_optimizer", None)
-        if optimizer is None:
-            raise RuntimeError("Mugs.training_step: configure_optimizers() was not called before the first step")
-        return optimizer
 
     @torch.no_grad()
     def on_optimizer_step(self, progress: Progress) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.config import ConfigError, RunConfig
-from vitlab.methods.base import DataInfo, Progress, StepHelper, register_method
+from vitlab.methods.base import DataInfo, OptimizerBuilder, Progress, StepHelper, register_method
 from vitlab.methods.data_free import DataFreeQuantConfig, DataFreeQuantMethod
 from vitlab.quant.losses import BNStatsRecorder, zeroq_bn_loss
 from vitlab.quant.quantizer import set_act_calibration
@@ -39,9 +39,9 @@ class ZeroQ(DataFreeQuantMethod):
     def steps_per_epoch(mcfg: DataFreeQuantConfig) -> int:
         return mcfg.distill_steps
 
-    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        self._optimizer = torch.optim.Adam([self.distilled], lr=self.mcfg.distill_lr)
-        return {"distilled": self._optimizer}
+    def configure_optimizers(self, build_optimizer: OptimizerBuilder) -> dict[str, torch.optim.Optimizer]:
+        """Adam over the distilled images (ZeroQ's own optimizer, not the ``optim`` section's)."""
+        return {"distilled": torch.optim.Adam([self.distilled], lr=self.mcfg.distill_lr)}
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         if total_steps != self.mcfg.distill_steps:
@@ -49,12 +49,11 @@ class ZeroQ(DataFreeQuantMethod):
                               f"steps, got {total_steps} steps (set train.epochs=1)")
         return {}
 
-    def _plateau(self, loss: float) -> float:
-        """ReduceLROnPlateau (mode min, factor 0.1, patience, min lr) on the distillation loss; returns the lr.
+    def _plateau(self, loss: float, lr: float) -> float:
+        """ReduceLROnPlateau (mode min, factor 0.1, patience, min lr) on the distillation loss; returns the next lr.
 
         Kept here rather than as an engine schedule because it depends on the loss itself."""
         m = self.mcfg
-        lr = float(self._optimizer.param_groups[0]["lr"])
         if loss < self._plateau_best * (1 - 1e-4):
             self._plateau_best, self._plateau_bad = loss, 0
         else:
@@ -68,11 +67,12 @@ class ZeroQ(DataFreeQuantMethod):
             self.teacher(self.to_pixels(self.distilled))
         loss = zeroq_bn_loss(recorder.stats, self.distilled)
         helper.backward(loss)
-        helper.step(self._optimizer)
-        helper.set_lr(self._optimizer, self._plateau(float(loss.detach())))
+        optimizer = helper.optimizers["distilled"]
+        helper.step(optimizer)
+        helper.set_lr(optimizer, self._plateau(float(loss.detach()), float(optimizer.param_groups[0]["lr"])))
         if progress.step + 1 == progress.total_steps:
             self.calibrate()
-        return {"loss": loss.detach(), "lr_distill": torch.tensor(self._optimizer.param_groups[0]["lr"])}
+        return {"loss": loss.detach(), "lr_distill": torch.tensor(optimizer.param_groups[0]["lr"])}
 
     @torch.no_grad()
     def calibrate(self) -> None:

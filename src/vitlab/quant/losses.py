@@ -109,6 +109,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temp
     """
     if reduction not in ("mean", "batchmean"):
         raise ValueError(f"method.kd_reduction: got {reduction!r}, expected mean or batchmean")
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()  # float32 under autocast too
     kl_sum = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                       F.softmax(teacher_logits / temperature, dim=1), reduction="sum")
     kl = kl_sum / (student_logits.numel() if reduction == "mean" else student_logits.shape[0])

@@ -71,9 +71,13 @@ class _StraightThrough(torch.autograd.Function):
 
 
 def fake_quantize(x: Tensor, x_min: Tensor, x_max: Tensor, bits: int) -> Tensor:
-    """Snap ``x`` to the k-bit grid of ``[x_min, x_max]`` (broadcast against x); straight-through gradient."""
-    scale, zero_point = quant_params(x_min.detach(), x_max.detach(), bits)
-    return _StraightThrough.apply(x, scale, zero_point, bits)
+    """Snap ``x`` to the k-bit grid of ``[x_min, x_max]`` (broadcast against x); straight-through gradient.
+
+    Computed in float32 and returned in ``x``'s dtype: under 16-bit autocast the range floor (1e-8) and the grid
+    arithmetic would underflow or round in half precision (an unset range gives an infinite scale).
+    """
+    scale, zero_point = quant_params(x_min.detach().float(), x_max.detach().float(), bits)
+    return _StraightThrough.apply(x.float(), scale, zero_point, bits).to(x.dtype)
 
 
 def _per_channel_range(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -167,7 +171,7 @@ class ActQuantizer(nn.Module):
         if self.calibrating:
             self.observe(x)
         x_min, x_max = self.range()
-        return fake_quantize(x, x_min.to(x.dtype), x_max.to(x.dtype), self.bits)
+        return fake_quantize(x, x_min, x_max, self.bits)
 
     def extra_repr(self) -> str:
         x_min, x_max = self.range()
