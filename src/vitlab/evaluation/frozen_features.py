@@ -20,24 +20,15 @@ from vitlab.evaluation.linear_probe import last_blocks_features, linear_probe_ac
 class FrozenFeatureSettings(Protocol):
     """What the protocol reads (Mugs' ``method.eval`` section has these fields)."""
 
-    @property
-    def knn_k(self) -> Sequence[int]: ...
-    @property
-    def knn_temperature(self) -> float: ...
-    @property
-    def probe(self) -> bool: ...
-    @property
-    def probe_epochs(self) -> int: ...
-    @property
-    def probe_lr(self) -> float: ...
-    @property
-    def probe_batch_size(self) -> int: ...
-    @property
-    def probe_last_blocks(self) -> int: ...
-    @property
-    def probe_avgpool(self) -> bool: ...
-    @property
-    def probe_standardize(self) -> bool: ...
+    knn_k: list[int]  # the k values scored
+    knn_temperature: float  # T of the vote weights exp(cos / T)
+    probe: bool  # also train and score the linear probe
+    probe_epochs: int
+    probe_lr: float  # per 256 images
+    probe_batch_size: int
+    probe_last_blocks: int  # concatenated [CLS] of the last blocks
+    probe_avgpool: bool  # also the mean patch token of the last block
+    probe_standardize: bool  # z-score the features first
 
 
 def _num_classes(*labels: Tensor) -> int:
