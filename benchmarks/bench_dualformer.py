@@ -11,6 +11,7 @@ forward+backward pass. Results go to docs/benchmarks.md ("## DualFormer frames s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -25,14 +26,14 @@ def measure(model_name: str, frames: int, size: int, batch: int, repeats: int, e
     import torch
 
     import vitlab  # noqa: F401
+    from vitlab.models.profile import explicit_attention
 
-    if explicit:
-        timm.layers.set_fused_attn(False)  # materialise the attention matrices, as the papers count them
     video = (frames, size, size)
     kwargs: dict = {"video_size": video, "num_classes": 4}
     if model_name == "test_dualformer_global":
         kwargs["window_size"] = (frames, size // 4, size // 4)  # one window = the whole stage-1 grid
-    model = timm.create_model(model_name, **kwargs)
+    with explicit_attention() if explicit else contextlib.nullcontext():  # explicit: the attention matrices exist
+        model = timm.create_model(model_name, **kwargs)
     x = torch.rand(batch, 3, *video)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model(x).sum().backward()  # warm-up

@@ -36,6 +36,7 @@ from torch import nn
 
 import vitlab  # noqa: F401  (registers the vitlab models)
 from vitlab.models.iformer import checkpoint_filter_fn
+from vitlab.models.profile import count_flops, explicit_attention
 
 BASELINES = ("deit_small_patch16_224", "swin_tiny_patch4_window7_224")
 OURS = "iformer_small"
@@ -96,16 +97,9 @@ def perturbed_official_pair(official_path: Path, seed: int = 0) -> tuple[nn.Modu
 
 def fvcore_flops(name: str, img_size: int, official_path: Path | None) -> float:
     """fvcore FLOPs (one multiply-add = one FLOP) of one image, with explicit attention so fvcore sees it."""
-    from fvcore.nn import FlopCountAnalysis
-
-    timm.layers.set_fused_attn(False)
-    try:
+    with explicit_attention():  # the official model has no per-module switch: build it explicit
         model = build_model(name, official_path)
-        analysis = FlopCountAnalysis(model, torch.randn(1, 3, img_size, img_size))
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return float(analysis.total())
-    finally:
-        timm.layers.set_fused_attn(True)
+    return float(count_flops(model, (3, img_size, img_size)))
 
 
 def time_once(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:

@@ -24,12 +24,13 @@ def _points(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, to
     if args.pretrained_resnet:
         import pyautoattack
 
-        from vitlab.attacks.command import _foolbox_images
+        from vitlab.data.foolbox import foolbox_images
         from vitlab.models.cifar_resnet import cifar_resnet18, load_state_dict_file
 
         model = cifar_resnet18(num_classes=10)
         load_state_dict_file(model, os.path.join(os.path.dirname(pyautoattack.__file__), "examples", "model_test.pt"))
-        x, y = _foolbox_images("cifar10")
+        images, y = foolbox_images("cifar10")
+        x = images.float() / 255.0
         return model.eval(), x, y, "cifar_resnet18 (pyautoattack example) on foolbox CIFAR-10"
     import dataclasses
 

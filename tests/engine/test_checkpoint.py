@@ -73,3 +73,23 @@ def test_ema_matches_loop_and_takes_a_per_step_decay() -> None:
     ema.update(model, decay=0.0)  # a scheduled decay of 0 copies the weights
     for e, p in zip(ema.module.parameters(), model.parameters()):
         torch.testing.assert_close(e, p)
+
+
+def test_save_checkpoint_round_trips_through_load_method(tmp_path: Path) -> None:
+    from vitlab.config import load_config
+    from vitlab.engine.checkpoint import load_method, load_run_config, save_checkpoint
+    from vitlab.methods.base import DataInfo, build_method
+
+    cfg = load_config(None, ["model.name=test_cifar_resnet", "data.img_size=8", "name=saved"])
+    info = DataInfo(num_classes=10, channels=3, img_size=8, mean=(0.5,) * 3, std=(0.25,) * 3,
+                    classes=[str(k) for k in range(10)])
+    torch.manual_seed(0)
+    method = build_method(cfg, info)
+    path = save_checkpoint(tmp_path / "run" / "last.ckpt", cfg, info, method.state_dict(), step=7,
+                           metrics={"top1": 12.5})
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 7 and ckpt["metrics"] == {"top1": 12.5} and ckpt["ema"] is None
+    assert ckpt["data_info"]["num_classes"] == 10 and load_run_config(path).name == "saved"
+    loaded, _ = load_method(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), method.state_dict().values()))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["last.ckpt"]  # written through a temporary file

@@ -69,3 +69,51 @@ def test_standardized_probe_learns_features_that_vary_little_around_a_large_offs
     standardized = linear_probe_accuracy(feats[::2], labels[::2], feats[1::2], labels[1::2], 4, epochs=10,
                                          base_lr=0.1, batch_size=16, standardize=True)
     assert standardized > 95 and standardized > plain + 20
+
+
+def test_frozen_feature_protocol_scores_knn_and_probe_on_one_backbone() -> None:
+    from dataclasses import dataclass, field
+
+    from torch import nn
+
+    from vitlab.evaluation.frozen_features import evaluate_frozen_features
+
+    @dataclass
+    class Settings:
+        knn_k: list[int] = field(default_factory=lambda: [5, 20])
+        knn_temperature: float = 0.05
+        probe: bool = True
+        probe_epochs: int = 30
+        probe_lr: float = 0.5
+        probe_batch_size: int = 16
+        probe_last_blocks: int = 1
+        probe_avgpool: bool = False
+        probe_standardize: bool = False
+
+    class Embed(nn.Module):  # no ViT tokens: the probe falls back to ``embed`` too
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(16, 8, bias=False)
+
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x.flatten(1))
+
+    torch.manual_seed(0)
+    centres = torch.randn(3, 16) * 4
+    labels = torch.arange(3).repeat_interleave(30)
+    images = (centres[labels] + torch.randn(90, 16)).view(90, 1, 4, 4)
+    train = [{"image": images[::2], "label": labels[::2]}]
+    test = [{"image": images[1::2], "label": labels[1::2]}]
+    model = Embed()
+    loaders = {"knn_train": train, "knn_test": test, "probe_train": train, "probe_test": test}
+    metrics = evaluate_frozen_features(model, loaders, Settings(), seed=0)
+    with torch.no_grad():
+        train_f, test_f = model.embed(images[::2]), model.embed(images[1::2])
+    knn = knn_accuracy(train_f, labels[::2], test_f, labels[1::2], 3, ks=[5, 20], temperature=0.05)
+    probe = linear_probe_accuracy(train_f, labels[::2], test_f, labels[1::2], 3, epochs=30, base_lr=0.5,
+                                  batch_size=16, seed=0)
+    assert metrics == {"knn_k5": knn[5], "knn_k20": knn[20], "knn_top1": knn[20], "probe_top1": probe}
+    assert metrics["knn_top1"] > 95 and metrics["probe_top1"] > 95
+    only_knn = evaluate_frozen_features(model, {"knn_train": train, "knn_test": test}, Settings(probe=False), seed=0,
+                                        ks=[5])
+    assert only_knn == {"knn_k5": knn[5], "knn_top1": knn[5]}  # without k = 20, knn_top1 is the first k

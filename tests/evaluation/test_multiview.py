@@ -11,13 +11,8 @@ from torch import nn
 
 import vitlab  # noqa: F401  (registers the models)
 from vitlab.data.video import MovingDigits
-from vitlab.evaluation.multiview import (
-    average_view_scores,
-    count_view_flops,
-    evaluate_multiview,
-    explicit_attention,
-    fold_views,
-)
+from vitlab.evaluation.multiview import average_view_scores, evaluate_multiview, fold_views
+from vitlab.models.profile import count_flops
 
 # One video, three views: one confident vote for class 1, two mild votes for class 0.
 DISAGREEING_VIEWS = torch.tensor([[[0.0, 3.0], [1.0, 0.0], [1.0, 0.0]]])
@@ -90,31 +85,7 @@ def test_evaluate_multiview_prob_vs_logit_and_reported_cost():
 
 @pytest.fixture(scope="module")
 def per_view_flops() -> int:
-    return count_view_flops(timm.create_model("test_dualformer"), (3, 8, 32, 32))
-
-
-def test_explicit_attention_is_counted_and_flags_are_restored(per_view_flops):
-    from fvcore.nn import FlopCountAnalysis
-
-    model = timm.create_model("test_dualformer").eval()
-
-    fused_count = FlopCountAnalysis(model, torch.zeros(1, 3, 8, 32, 32))
-    fused_count.unsupported_ops_warnings(False)
-    fused_count.uncalled_modules_warnings(False)
-    counted = per_view_flops
-    assert counted > fused_count.total()  # fvcore misses the fused attention products
-    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
-    with explicit_attention(model):
-        assert not any(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
-    timm.layers.set_fused_attn(False)
-    try:
-        explicit_model = timm.create_model("test_dualformer").eval()
-    finally:
-        timm.layers.set_fused_attn(True)
-    explicit_count = FlopCountAnalysis(explicit_model, torch.zeros(1, 3, 8, 32, 32))
-    explicit_count.unsupported_ops_warnings(False)
-    explicit_count.uncalled_modules_warnings(False)
-    assert counted == explicit_count.total()
+    return count_flops(timm.create_model("test_dualformer"), (3, 8, 32, 32))
 
 
 def test_moving_digits_two_clip_evaluation_with_dualformer(per_view_flops):

@@ -623,10 +623,10 @@ def test_inflation_errors_list_the_problems():
     "name, gflops", [("dualformer_tiny", 60.088), ("dualformer_small", 158.687), ("dualformer_base", 267.965)]
 )
 def test_full_size_fvcore_flops(name, gflops):
-    from vitlab.evaluation.multiview import count_view_flops
+    from vitlab.models.profile import count_flops
 
     model = build(name)
-    assert round(count_view_flops(model, (3, 32, 224, 224), backbone_only=True) / 1e9, 3) == gflops
+    assert round(count_flops(model, (3, 32, 224, 224), backbone_only=True) / 1e9, 3) == gflops
 
 
 @pytest.mark.slow

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
-from vitlab.config import load_config, to_container
-from vitlab.engine.checkpoint import CKPT_FORMAT, atomic_torch_save
+from vitlab.config import load_config
+from vitlab.engine.checkpoint import save_checkpoint
 from vitlab.methods.base import DataInfo, build_method
 
 
@@ -24,11 +23,7 @@ def save_teacher(path: Path, model_name: str = "test_cifar_resnet", img_size: in
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    state = {"format": CKPT_FORMAT, "version": 1, "config": to_container(cfg), "data_info": asdict(info),
-             "method": method.state_dict(), "optimizers": {}, "ema": None, "step": 0, "epoch": 0,
-             "batch_in_epoch": 0, "rng": {}, "metrics": {}, "best": None}
-    atomic_torch_save(state, path)
-    return path
+    return save_checkpoint(path, cfg, info, method.state_dict())
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from vitlab.data.foolbox import foolbox_images
 from vitlab.engine.checkpoint import load_method
 from vitlab.quant.command import export_int8, quantize
-from vitlab.quant.data import foolbox_images
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quant" / "zeroq_cifar_resnet18_autoattack.yaml"
 
@@ -28,7 +28,7 @@ def autoattack_weights() -> Path:
 @pytest.mark.timeout(1200)  # two ResNet-18 distillations: about 5 minutes on a busy 2-core CPU
 def test_autoattack_resnet18_w8a8_w4a4_int8(tmp_path: Path) -> None:
     images, labels = foolbox_images("cifar10")
-    x, y = images.float() / 255.0, torch.tensor(labels)
+    x, y = images.float() / 255.0, labels
     report: dict[str, object] = {}
     predictions: dict[str, torch.Tensor] = {}
     for bits in (8, 4):

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.attacks.threat import check_norm, check_unit_range, max_perturbation, model_mode, parse_eps
+from vitlab.data.foolbox import FOOLBOX_CLASSES, foolbox_images
 
 ATTACK_CHOICES = ("autoattack", "apgd-ce", "apgd-t", "pgd")
-FOOLBOX_SETS = {"foolbox-cifar10": ("cifar10", 10), "foolbox-cifar100": ("cifar100", 100),
-                "foolbox-mnist": ("mnist", 10), "foolbox-fashionmnist": ("fashionMNIST", 10)}
+FOOLBOX_SETS = {f"foolbox-{kind.lower()}": (kind, classes) for kind, classes in FOOLBOX_CLASSES.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,29 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="autoattack: the official code (pyautoattack) or vitlab's native cascade")
     parser.add_argument("--out", default=None, help="JSON report path (default: attack_<attack>_<norm>.json beside "
                                                     "the checkpoint or weights)")
-
-
-def _foolbox_images(kind: str) -> tuple[Tensor, Tensor]:
-    import os
-
-    import numpy as np
-    from PIL import Image
-
-    try:
-        import foolbox
-    except ImportError:
-        raise ValueError("--data foolbox-*: foolbox is not installed (pip install foolbox==3.3.4)") from None
-    folder = Path(os.path.dirname(foolbox.__file__)) / "data"
-    files = sorted(folder.glob(f"{kind}_[0-9][0-9]_*.png"))
-    if not files:
-        raise ValueError(f"--data: no {kind} images under {folder}")
-    images, labels = [], []
-    for f in files:
-        array = np.array(Image.open(f))
-        tensor = torch.from_numpy(array).float() / 255.0
-        images.append(tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor.unsqueeze(0))
-        labels.append(int(f.stem.split("_")[-1]))
-    return torch.stack(images), torch.tensor(labels)
 
 
 def _vitlab_images(name: str, base: Any, n: int | None) -> tuple[Tensor, Tensor]:
@@ -116,7 +93,8 @@ def load_target(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, st
     if data is None and data_cfg is None:
         raise ValueError("--data: needed with --model (e.g. foolbox-cifar10, digits)")
     if data in FOOLBOX_SETS:
-        x, y = _foolbox_images(FOOLBOX_SETS[data][0])
+        images, y = foolbox_images(FOOLBOX_SETS[data][0])
+        x = images.float() / 255.0
         x, y = (x[: args.n], y[: args.n]) if args.n else (x, y)
     else:
         x, y = _vitlab_images(data or data_cfg.name, data_cfg, args.n)  # type: ignore[union-attr]

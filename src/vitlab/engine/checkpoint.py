@@ -1,24 +1,26 @@
 """Checkpoints: plain tensors and types only, written atomically, read with ``torch.load(weights_only=True)``.
 
-A checkpoint is a dict::
+A checkpoint is a dict, written by :func:`save_checkpoint` (the engine's last/best checkpoints, the int8 export, the
+test fixtures)::
 
-    {"format": "vitlab-ckpt", "version": 1, "config": <RunConfig as plain dicts>, "method": <method state dict>,
-     "optimizers": {name: state dict}, "ema": <EMA state dict> | None, "step": int, "epoch": int,
-     "batch_in_epoch": int, "rng": {...}, "metrics": {name: float}, "best": float | None}
+    {"format": "vitlab-ckpt", "version": 1, "config": <RunConfig as plain dicts>, "data_info": <DataInfo as a dict>,
+     "method": <method state dict>, "optimizers": {name: state dict}, "ema": <EMA state dict> | None, "step": int,
+     "epoch": int, "batch_in_epoch": int, "rng": {...}, "metrics": {name: float}, "best": float | None}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
-from vitlab.config import RunConfig, from_container
+from vitlab.config import RunConfig, from_container, to_container
 
 CKPT_FORMAT = "vitlab-ckpt"
 
@@ -55,6 +57,28 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
         f.write(data)
 
     _atomic_write(path, write)
+
+
+def save_checkpoint(path: str | Path, cfg: RunConfig, data_info: Any, method_state: Mapping[str, Any], *,
+                    optimizers: Mapping[str, Any] | None = None, ema: Mapping[str, Any] | None = None, step: int = 0,
+                    epoch: int = 0, batch_in_epoch: int = 0, rng: Any = None,
+                    metrics: Mapping[str, Any] | None = None, best: float | None = None) -> Path:
+    """Write a vitlab checkpoint (the layout of this module's docstring) to ``path`` atomically; returns ``path``.
+
+    Args:
+        cfg: the resolved run configuration (stored as plain dicts, so that ``load_run_config`` rebuilds it).
+        data_info: the run's :class:`~vitlab.methods.base.DataInfo` (or its fields as a mapping).
+        method_state: ``method.state_dict()``.
+        optimizers: ``{name: optimizer.state_dict()}``; ema: the engine EMA's state dict; step, epoch,
+            batch_in_epoch, rng: where a resumed run continues; metrics, best: the last evaluation and the best monitor.
+    """
+    info = dict(data_info) if isinstance(data_info, Mapping) else dataclasses.asdict(data_info)
+    state = {"format": CKPT_FORMAT, "version": 1, "config": to_container(cfg), "data_info": info,
+             "method": method_state, "optimizers": dict(optimizers or {}), "ema": ema, "step": step, "epoch": epoch,
+             "batch_in_epoch": batch_in_epoch, "rng": {} if rng is None else rng, "metrics": dict(metrics or {}),
+             "best": best}
+    atomic_torch_save(state, path)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -2,14 +2,13 @@
 
 DualFormer (specs/dualformer.md §3.1, pitfalls 5, 8, 10) tests Kinetics with 4 clips × 1 centre crop and the small
 sets with 4 clips × 3 crops, averaging **softmax probabilities** over the views (mmaction ``average_clips='prob'``);
-logit averaging is an option. Reported cost: FLOPs per view × views. The views are folded into the batch here, not
-in the model: a batch's ``video`` is (B, V, C, T, H, W) (or (B, C, T, H, W) for one view).
+logit averaging is an option. Reported cost: FLOPs per view (:func:`vitlab.models.profile.count_flops`) × views.
+The views are folded into the batch here, not in the model: a batch's ``video`` is (B, V, C, T, H, W) (or
+(B, C, T, H, W) for one view).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.evaluation.classification import topk_correct
+from vitlab.models import profile
 
 AVERAGE_MODES = ("prob", "logit")
 
@@ -42,57 +42,6 @@ def fold_views(video: Tensor) -> tuple[Tensor, int]:
     if video.dim() != 6:
         raise ValueError(f"batch 'video' must be (B, C, T, H, W) or (B, V, C, T, H, W), got {tuple(video.shape)}")
     return video.flatten(0, 1), video.shape[1]
-
-
-@contextlib.contextmanager
-def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily switch every module with a timm-style ``fused_attn`` flag to the explicit softmax(q kᵀ) path.
-
-    fvcore does not see ``scaled_dot_product_attention``, so FLOPs are counted with explicit attention.
-    """
-    flagged = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
-    saved = [m.fused_attn for m in flagged]
-    try:
-        for m in flagged:
-            setattr(m, "fused_attn", False)  # noqa: B010 (nn.Module attribute typing)
-        yield model
-    finally:
-        for m, flag in zip(flagged, saved):
-            setattr(m, "fused_attn", flag)  # noqa: B010
-
-
-class _Features(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        forward_features = getattr(self.model, "forward_features")  # noqa: B009 (nn.Module attribute typing)
-        return forward_features(x)
-
-
-def count_view_flops(model: nn.Module, view_size: tuple[int, ...], backbone_only: bool = False) -> int:
-    """fvcore FLOPs (one multiply-add = one FLOP) of one view of shape ``view_size`` = (C, T, H, W), batch 1.
-
-    ``backbone_only`` counts ``forward_features`` (the papers' convention: "we omit the classification head").
-    """
-    from fvcore.nn import FlopCountAnalysis
-
-    model = getattr(model, "module", model)  # a DDP / Fabric wrapper
-    was_training = model.training
-    model.eval()
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    x = torch.zeros(1, *view_size, device=device, dtype=dtype)
-    try:
-        with explicit_attention(model), torch.no_grad():
-            analysis = FlopCountAnalysis(_Features(model) if backbone_only else model, x)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            return int(analysis.total())
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -135,7 +84,7 @@ def evaluate_multiview(
         if views is None:
             views = batch_views
             if flops_per_view is None and count_flops:
-                flops_per_view = count_view_flops(model, tuple(flat.shape[1:]))
+                flops_per_view = profile.count_flops(model, tuple(flat.shape[1:]))
         elif batch_views != views:
             raise ValueError(f"every batch must have the same number of views: {views}, then {batch_views}")
         labels = batch["label"].to(device)

@@ -36,9 +36,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitlab.config import AugConfig, ConfigError, DataConfig, MethodConfig, RunConfig, require
 from vitlab.data.multicrop import MultiCropDataset, MultiCropTransform
+from vitlab.engine.ema import copy_buffers_, ema_update_
 from vitlab.engine.schedules import cosine_schedule
-from vitlab.evaluation.knn import extract_features, knn_accuracy
-from vitlab.evaluation.linear_probe import has_vit_tokens, last_blocks_features, linear_probe_accuracy
+from vitlab.evaluation.frozen_features import evaluate_frozen_features
+from vitlab.evaluation.linear_probe import has_vit_tokens
 from vitlab.losses.distributed import world_size
 from vitlab.losses.mugs import GroupDiscriminationLoss, NeighbourMemory, QueueInfoNCELoss
 from vitlab.methods.base import DataInfo, Method, OptimizerBuilder, Progress, StepHelper, register_method
@@ -539,7 +540,9 @@ class Mugs(Method[MugsConfig]):
     @torch.no_grad()
     def on_optimizer_step(self, progress: Progress) -> None:
         """Teacher EMA (§2.1): t ← m·t + (1 − m)·s with the scheduled momentum m."""
-        ema_update(self.teacher, self.student, self._teacher_student_params(), progress["teacher_momentum"])
+        teacher, student = self._teacher_student_params()
+        ema_update_(teacher, student, progress["teacher_momentum"])
+        copy_buffers_(self.teacher.backbone, self.student.backbone)  # BN statistics, if any, are the student's
 
     # ---- evaluation --------------------------------------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
@@ -565,26 +568,7 @@ class Mugs(Method[MugsConfig]):
         source = {**built, **{k: v for k, v in loaders.items() if k in needed}}
         was_training = backbone.training
         backbone.eval()
-        metrics: dict[str, float] = {}
-        with torch.no_grad():
-            embed = getattr(backbone, "embed", backbone)
-            train_f, train_y = extract_features(embed, source["knn_train"], device)
-            test_f, test_y = extract_features(embed, source["knn_test"], device)
-            num_classes = int(max(int(train_y.max()), int(test_y.max())) + 1)
-            accuracy = knn_accuracy(train_f, train_y, test_f, test_y, num_classes, ecfg.knn_k, ecfg.knn_temperature)
-            for k, value in accuracy.items():
-                metrics[f"knn_k{k}"] = value
-            metrics["knn_top1"] = accuracy[20] if 20 in accuracy else accuracy[ecfg.knn_k[0]]
-            if ecfg.probe:
-                def probe_features(x: Tensor) -> Tensor:
-                    return last_blocks_features(backbone, x, ecfg.probe_last_blocks, ecfg.probe_avgpool)
-
-                train_f, train_y = extract_features(probe_features, source["probe_train"], device)
-                test_f, test_y = extract_features(probe_features, source["probe_test"], device)
-                num_classes = int(max(int(train_y.max()), int(test_y.max())) + 1)
-                metrics["probe_top1"] = linear_probe_accuracy(
-                    train_f, train_y, test_f, test_y, num_classes, ecfg.probe_epochs, ecfg.probe_lr,
-                    ecfg.probe_batch_size, seed=self.cfg.train.seed, standardize=ecfg.probe_standardize)
+        metrics = evaluate_frozen_features(backbone, source, ecfg, self.cfg.train.seed, device)
         backbone.train(was_training)
         return metrics
 
@@ -607,20 +591,6 @@ def clip_gradients_per_parameter(parameters: Any, max_norm: float) -> None:
         coef = max_norm / (float(p.grad.norm(2)) + 1e-6)
         if coef < 1:
             p.grad.mul_(coef)
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, pairs: tuple[list[Tensor], list[Tensor]],
-               momentum: float) -> None:
-    """t ← m·t + (1 − m)·s over matched parameters; floating buffers (e.g. BN statistics) are copied."""
-    teacher_params, student_params = pairs
-    if teacher_params:
-        torch._foreach_mul_(teacher_params, momentum)
-        torch._foreach_add_(teacher_params, [s.detach() for s in student_params], alpha=1.0 - momentum)
-    student_buffers = dict(student.backbone.named_buffers())  # type: ignore[union-attr]
-    for name, buffer in teacher.backbone.named_buffers():  # type: ignore[union-attr]
-        if name in student_buffers:
-            buffer.copy_(student_buffers[name])
 
 
 # ---- demo ------------------------------------------------------------------------------------------------------------

@@ -124,11 +124,12 @@ class VideoSupervised(Supervised):
     def evaluate(self, loaders: Mapping[str, Any], fabric: Any, model: nn.Module | None = None) -> dict[str, float]:
         """Multi-view top-1/top-5 (%) and loss on ``loaders["test"]``; ``views``, ``flops_per_view`` and
         ``flops_per_video`` (= per view × views; whole model, fvcore, as ``vitlab info``) when counted."""
-        from vitlab.evaluation.multiview import count_view_flops, evaluate_multiview
+        from vitlab.evaluation.multiview import evaluate_multiview
+        from vitlab.models.profile import count_flops
 
         model = model if model is not None else self.eval_model()
         if self.mcfg.count_flops and self._flops_per_view is None:
-            self._flops_per_view = count_view_flops(model, (self.data.channels, *self.video_size))
+            self._flops_per_view = count_flops(model, (self.data.channels, *self.video_size))
         v = self.cfg.data.video
         result = evaluate_multiview(model, loaders["test"], fabric, average=self.mcfg.average,
                                     spatial_crops=v.num_crops, max_views_per_forward=self.mcfg.max_views_per_forward,

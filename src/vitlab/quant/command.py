@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -129,8 +128,7 @@ def export_int8(ckpt: str | Path, out_dir: str | Path | None = None, engine: Int
     Raises:
         ConfigError: a checkpoint quantised below 8 bits (W4A4 has no int8 kernel and stays simulated).
     """
-    from vitlab.config import to_container
-    from vitlab.engine.checkpoint import CKPT_FORMAT, CheckpointError, atomic_torch_save, load_method
+    from vitlab.engine.checkpoint import CheckpointError, load_method, save_checkpoint
     from vitlab.methods.int8 import Int8Config
     from vitlab.models.classifier import ImageClassifier
     from vitlab.quant.int8 import convert_int8
@@ -167,11 +165,7 @@ def export_int8(ckpt: str | Path, out_dir: str | Path | None = None, engine: Int
     path = out / "model_int8.ckpt"
     holder = torch.nn.Module()  # the state dict of Int8Model: keys "model.*", with the modules' version metadata
     holder.model = int8_model
-    state = {"format": CKPT_FORMAT, "version": 1, "config": to_container(int8_cfg), "data_info": asdict(info),
-             "method": holder.state_dict(), "optimizers": {}, "ema": None,
-             "step": 0, "epoch": 0, "batch_in_epoch": 0, "rng": {}, "metrics": dict(source.get("metrics", {})),
-             "best": None}
-    atomic_torch_save(state, path)
+    save_checkpoint(path, int8_cfg, info, holder.state_dict(), metrics=source.get("metrics", {}))
     return {"path": str(path), "calibration": kind, "engine": engine, "bytes": path.stat().st_size}
 
 

@@ -7,20 +7,18 @@ real CIFAR-10 test images that ship inside the foolbox wheel, for checks of a pr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from vitlab.config import DataConfig
 from vitlab.data import DataError, register_dataset
 from vitlab.data.dataset import TensorImageDataset
+from vitlab.data.foolbox import foolbox_images
 
-__all__ = ["CIFAR10_CLASSES", "SyntheticLabels", "foolbox_images"]
+__all__ = ["CIFAR10_CLASSES", "SyntheticLabels"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -48,24 +46,6 @@ class SyntheticLabels(Dataset[dict[str, Any]]):
         return {"label": int(torch.randint(0, self.num_classes, ()))}
 
 
-def foolbox_images(dataset: str = "cifar10") -> tuple[torch.Tensor, list[int]]:
-    """The 20 real test images of ``dataset`` shipped in the foolbox wheel: uint8 (20, 3, H, W) and their labels."""
-    try:
-        import foolbox
-    except ImportError:
-        raise DataError("foolbox_cifar10: the foolbox package is not installed (pip install foolbox==3.3.4)") from None
-    from PIL import Image
-
-    folder = Path(foolbox.__file__).parent / "data"
-    pattern = re.compile(rf"{dataset}_(\d\d)_(\d+)\.png$")
-    found = sorted((int(m.group(1)), int(m.group(2)), p) for p in folder.glob(f"{dataset}_*.png")
-                   if (m := pattern.match(p.name)))
-    if not found:
-        raise DataError(f"foolbox_cifar10: no {dataset}_NN_LABEL.png images under {folder}")
-    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for _, _, p in found])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), [label for _, label, _ in found]
-
-
 def build_foolbox_cifar10(cfg: DataConfig, split: str, train: bool) -> TensorImageDataset:
     """``foolbox_cifar10``: the 20 real CIFAR-10 test images of the foolbox wheel (split ``test`` only)."""
     if split != "test":
@@ -74,7 +54,7 @@ def build_foolbox_cifar10(cfg: DataConfig, split: str, train: bool) -> TensorIma
 
     images, labels = foolbox_images("cifar10")
     mean, std = CIFAR_STATS["cifar10"]
-    return TensorImageDataset(images, labels, CIFAR10_CLASSES, cfg.img_size, cfg.channels, mean, std)
+    return TensorImageDataset(images, labels.tolist(), CIFAR10_CLASSES, cfg.img_size, cfg.channels, mean, std)
 
 
 register_dataset("foolbox_cifar10", build_foolbox_cifar10)

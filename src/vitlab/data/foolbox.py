@@ -1,0 +1,45 @@
+"""The 20 real test images per set that ship inside the foolbox wheel (``foolbox/data/<set>_<NN>_<label>.png``).
+
+They let a pretrained network be checked on real images with nothing downloaded: ``vitlab attack --data
+foolbox-cifar10``, the ``foolbox_cifar10`` data set of the quantisation checks, the robustness benchmark.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vitlab.data.dataset import DataError
+
+FOOLBOX_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashionMNIST": 10}  # the PNG sets of the wheel
+
+
+def foolbox_images(kind: str = "cifar10") -> tuple[Tensor, Tensor]:
+    """The 20 test images of ``kind`` (a key of :data:`FOOLBOX_CLASSES`) in file order: uint8 (20, C, H, W), C = 3
+    for the CIFAR sets and 1 for the MNIST ones, and their int64 labels (20,)."""
+    if kind not in FOOLBOX_CLASSES:
+        raise DataError(f"foolbox images: unknown set {kind!r}, expected one of {', '.join(FOOLBOX_CLASSES)}")
+    try:
+        import foolbox
+    except ImportError:
+        raise DataError(f"foolbox images ({kind}): the foolbox package is not installed "
+                        "(pip install foolbox==3.3.4)") from None
+    from PIL import Image
+
+    folder = Path(foolbox.__file__).parent / "data"
+    pattern = re.compile(rf"{kind}_(\d\d)_(\d+)\.png$")
+    found = sorted((int(m.group(1)), int(m.group(2)), p) for p in folder.glob(f"{kind}_*.png")
+                   if (m := pattern.match(p.name)))
+    if not found:
+        raise DataError(f"foolbox images ({kind}): no {kind}_NN_LABEL.png files under {folder}")
+    arrays = []
+    for _, _, path in found:
+        with Image.open(path) as image:
+            arrays.append(np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB")))
+    images = torch.from_numpy(np.stack(arrays))
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    return images.contiguous(), torch.tensor([label for _, label, _ in found], dtype=torch.int64)
