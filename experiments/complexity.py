@@ -28,12 +28,11 @@ def _backbone_view(name: str) -> dict[str, Any]:
     """Parameters (backbone, head) and backbone FLOPs of one default view of a video model."""
     import timm
 
-    from vitlab.evaluation.multiview import count_view_flops
-    from vitlab.models.profile import default_input_size, model_info
+    from vitlab.models.profile import count_flops, default_input_size, model_info
 
     info = model_info(name, flops=False)
     size = default_input_size(name)
-    info["backbone_flops_per_view"] = count_view_flops(timm.create_model(name), size, backbone_only=True)
+    info["backbone_flops_per_view"] = count_flops(timm.create_model(name), size, backbone_only=True)
     info["head_params"] = info["params"] - info["backbone_params"]
     return info
 

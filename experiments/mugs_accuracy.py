@@ -22,8 +22,7 @@ from torch.utils.data import DataLoader
 from vitlab.config import load_config
 from vitlab.engine.checkpoint import atomic_write_bytes
 from vitlab.engine.trainer import train
-from vitlab.evaluation.knn import extract_features, knn_accuracy
-from vitlab.evaluation.linear_probe import last_blocks_features, linear_probe_accuracy
+from vitlab.evaluation.frozen_features import evaluate_frozen_features
 from vitlab.methods.base import data_info_from
 from vitlab.methods.mugs import Mugs
 
@@ -46,24 +45,9 @@ def _scores(method: Mugs) -> dict[str, float]:
 
 def _backbone_scores(model: torch.nn.Module, cfg: Any) -> dict[str, float]:
     """The Mugs k-NN and probe protocol on any classifier's features (supervised reference, raw pixels)."""
-    ecfg = cfg.method.eval
     loaders = {k: DataLoader(ds, batch_size=512) for k, ds in Mugs.eval_datasets(cfg).items()}
-    embed = getattr(model, "embed", model)
-    with torch.no_grad():
-        train_f, train_y = extract_features(embed, loaders["knn_train"])
-        test_f, test_y = extract_features(embed, loaders["knn_test"])
-        classes = int(max(train_y.max(), test_y.max())) + 1
-        knn = knn_accuracy(train_f, train_y, test_f, test_y, classes, [20], ecfg.knn_temperature)[20]
-
-        def probe_fn(x: torch.Tensor) -> torch.Tensor:
-            return last_blocks_features(model, x, ecfg.probe_last_blocks, ecfg.probe_avgpool)
-
-        train_f, train_y = extract_features(probe_fn, loaders["probe_train"])
-        test_f, test_y = extract_features(probe_fn, loaders["probe_test"])
-    classes = int(max(train_y.max(), test_y.max())) + 1
-    probe = linear_probe_accuracy(train_f, train_y, test_f, test_y, classes, ecfg.probe_epochs, ecfg.probe_lr,
-                                  ecfg.probe_batch_size, seed=cfg.train.seed, standardize=ecfg.probe_standardize)
-    return {"knn_top1": knn, "probe_top1": probe}
+    scores = evaluate_frozen_features(model, loaders, Mugs.method_config(cfg).eval, seed=cfg.train.seed, ks=[20])
+    return {"knn_top1": scores["knn_top1"], "probe_top1": scores["probe_top1"]}
 
 
 def gates(summary: dict[str, Any]) -> dict[str, Any]:

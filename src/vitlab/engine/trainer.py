@@ -14,7 +14,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vitlab.config import ConfigError, RunConfig, to_container, to_yaml
-from vitlab.engine.checkpoint import CKPT_FORMAT, atomic_torch_save, atomic_write_bytes, load_checkpoint
+from vitlab.config import ConfigError, RunConfig, to_yaml
+from vitlab.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from vitlab.engine.ema import ModelEma
 from vitlab.engine.logging import RunLogger
 from vitlab.engine.optim import FabricStepHelper, apply_schedule, build_optimizer, build_schedules
@@ -403,12 +403,10 @@ def save_last(run: Run, epoch: int, batch_in_epoch: int) -> None:
         torch.distributed.all_gather_object(gathered, rng_states)
         rng_states = gathered
     if run.rank == 0:
-        state = {"format": CKPT_FORMAT, "version": 1, "config": to_container(run.cfg), "data_info": asdict(run.info),
-                 "method": run.method.state_dict(),
-                 "optimizers": {k: o.state_dict() for k, o in run.optimizers.items()},
-                 "ema": run.ema.state_dict() if run.ema is not None else None, "step": run.step, "epoch": epoch,
-                 "batch_in_epoch": batch_in_epoch, "rng": rng_states, "metrics": run.last_metrics, "best": run.best}
-        atomic_torch_save(state, run.cfg.run_dir / "last.ckpt")
+        save_checkpoint(run.cfg.run_dir / "last.ckpt", run.cfg, run.info, run.method.state_dict(),
+                        optimizers={k: o.state_dict() for k, o in run.optimizers.items()},
+                        ema=run.ema.state_dict() if run.ema is not None else None, step=run.step, epoch=epoch,
+                        batch_in_epoch=batch_in_epoch, rng=rng_states, metrics=run.last_metrics, best=run.best)
     run.fabric.barrier()
 
 
