@@ -13,7 +13,6 @@ from vitlab.analysis.overlay import (
     attention_weights,
     blend,
     cartoon,
-    class_activation_map,
     cls_attention_map,
     jet,
     normalize_map,
@@ -45,7 +44,8 @@ def test_background_test_values() -> None:
     b = torch.rand(2, 3, 5, 7)
     assert torch.equal(blend(x, one, "background", background=b), x)
     assert torch.equal(blend(x, torch.zeros_like(one), "background", background=b), b)
-    assert torch.equal(blend(x, torch.zeros_like(one), "background", background=(0.0, 1.0, 0.0))[:, 1], torch.ones(2, 5, 7))
+    green = blend(x, torch.zeros_like(one), "background", background=(0.0, 1.0, 0.0))
+    assert torch.equal(green[:, 1], torch.ones(2, 5, 7)) and torch.equal(green[:, 0], torch.zeros(2, 5, 7))
 
 
 def test_heatmap_and_recolor_formulas() -> None:

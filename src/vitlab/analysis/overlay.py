@@ -13,7 +13,7 @@ no randomness, so identical inputs give bitwise-identical outputs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -135,11 +135,12 @@ def position_features(model: nn.Module, x: Tensor, stage: int | None = None) -> 
     earlier, finer map through timm's ``forward_intermediates(indices=[stage])``.
     """
     if stage is None:
-        return _position_layouts(model, model.forward_features(x), (x.shape[-2], x.shape[-1]))[0]
+        return _position_layouts(model, cast(Any, model).forward_features(x), (x.shape[-2], x.shape[-1]))[0]
     backbone = _backbone(model)
     if not hasattr(backbone, "forward_intermediates"):
         raise ValueError(f"stage={stage}: {_model_name(model)} has no forward_intermediates; use stage=None")
-    maps = backbone.forward_intermediates(_input_normalize(model)(x), indices=[stage], intermediates_only=True)
+    maps = cast(Any, backbone).forward_intermediates(_input_normalize(model)(x), indices=[stage],
+                                                     intermediates_only=True)
     return maps[0].permute(0, 2, 3, 1)  # timm returns NCHW intermediates
 
 
@@ -159,13 +160,14 @@ def class_activation_map(model: nn.Module, x: Tensor, target: int | Tensor | Non
     if getattr(backbone, "global_pool", None) == "token":
         raise ValueError(f"source 'cam': {name} classifies from its CLS token, so it has no exact class activation "
                          "map; use source 'attention'")
-    head = backbone.get_classifier() if hasattr(backbone, "get_classifier") else None
+    head = cast(Any, backbone).get_classifier() if hasattr(backbone, "get_classifier") else None
     if not isinstance(head, nn.Linear):
         raise ValueError(f"source 'cam': {name}'s classifier is {type(head).__name__}, not one linear layer after "
                          "global average pooling; use source 'attention' (ViTs with a CLS token) or 'segmentation'")
-    features = model.forward_features(x)
-    pooled = model.forward_head(features, pre_logits=True)
-    logits = model.forward_head(features)
+    timm_model: Any = model
+    features = timm_model.forward_features(x)
+    pooled = timm_model.forward_head(features, pre_logits=True)
+    logits = timm_model.forward_head(features)
     if not torch.allclose(head(pooled), logits, rtol=1e-4, atol=1e-5 * max(1.0, float(logits.abs().max()))):
         raise ValueError(f"source 'cam': {name}'s head does more than one linear layer after the pooled features; "
                          "no exact class activation map")
@@ -198,8 +200,9 @@ def attention_weights(attention: nn.Module, x: Tensor) -> Tensor:
                          "(timm's Attention layout)")
     batch, tokens, _ = x.shape
     q, k, _v = qkv(x).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    q = attention.q_norm(q) if isinstance(getattr(attention, "q_norm", None), nn.Module) else q
-    k = attention.k_norm(k) if isinstance(getattr(attention, "k_norm", None), nn.Module) else k
+    q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+    q = q_norm(q) if isinstance(q_norm, nn.Module) else q
+    k = k_norm(k) if isinstance(k_norm, nn.Module) else k
     scale = float(getattr(attention, "scale", q.shape[-1] ** -0.5))
     return (q @ k.transpose(-2, -1) * scale).softmax(dim=-1)
 
@@ -223,7 +226,7 @@ def cls_attention_map(model: nn.Module, x: Tensor, return_weights: bool = False)
 
     handle = blocks[-1].attn.register_forward_hook(hook)
     try:
-        model.forward_features(x)
+        cast(Any, model).forward_features(x)
     finally:
         handle.remove()
     weights = captured["weights"].mean(dim=1)  # (B, N, N), averaged over heads
@@ -268,7 +271,7 @@ def train_segmentation_head(model: nn.Module, images: Tensor, masks: Tensor, sta
     with _EvalMode(model), torch.no_grad():
         features = torch.cat([position_features(model, images[i:i + 256], stage)
                               for i in range(0, images.shape[0], 256)])
-    grid = features.shape[1:3]
+    grid = (int(features.shape[1]), int(features.shape[2]))
     targets = F.adaptive_avg_pool2d(masks.float().unsqueeze(1), grid).squeeze(1)
     head = SegmentationHead(features.shape[-1], stage).to(features.device)
     flat = features.reshape(-1, features.shape[-1])
@@ -335,7 +338,9 @@ def upsample_map(m: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tens
 
 
 def postprocess(a: Tensor, size: Sequence[int], mode: str = "bilinear", threshold: float | None = None) -> Tensor:
-    """Normalise per image, upsample to ``size`` = (H, W), optionally threshold (m ≥ τ -> 1). (B, h, w) -> (B, 1, H, W)."""
+    """Normalise per image, upsample to ``size`` = (H, W), optionally threshold (m ≥ τ -> 1).
+
+    (B, h, w) -> (B, 1, H, W)."""
     m = upsample_map(normalize_map(a), size, mode)
     return (m >= threshold).to(m.dtype) if threshold is not None else m
 
