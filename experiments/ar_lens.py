@@ -6,17 +6,19 @@ can a per-patch head on its frozen features segment the ink?
    image's ink fraction. Both are averaged over the digits test split.
 2. Ink segmentation. Digits on a noise background (each pixel max(digit, u), u ~ U[0, 0.9), one grey noise field per
    image, seeded); target = the clean ink pixels. A per-patch linear head (spec §2.2 ``segmentation``) trained with
-   BCE on the frozen backbone's final 8x8 map of the noisy training split, against two baselines: an all-ones mask
-   and an intensity threshold on the noisy image (threshold chosen on the training split). IoU pooled over the test
+   BCE on the frozen backbone's final map of the noisy training split, against two baselines: an all-ones mask and
+   an intensity threshold on the noisy image (threshold chosen on the training split). IoU pooled over the test
    split.
 
-The classifier: ``recipes/hat/vit_tiny_digits_baseline.yaml`` (tiny ViT, patch 4: an 8x8 grid at 32 px) with a
-global-average-pooled head (``global_pool=avg``, ``fc_norm=false``: the LayerNorm runs per token before the mean, so
-the CAM is exact) and without RandAugment (CPU time), trained here for ``--epochs`` epochs unless ``--ckpt`` is
-given. The classifiers of the other
+The classifier (``--model``, trained here unless ``--ckpt`` is given) must end in a map with a spatial grid and a
+global-average-pooled linear head, so that the CAM is exact: ``resnet20`` is the ClusterQ teacher recipe
+``recipes/quant/resnet20_digits_teacher.yaml`` (CIFAR ResNet-20, stride 4: a 4x4 map at its 16 px), cut to 15
+epochs; ``vit_tiny`` is ``recipes/hat/vit_tiny_digits_baseline.yaml`` (patch 4: an 8x8 grid at 32 px) with
+``global_pool=avg, fc_norm=false`` (LayerNorm per token before the mean) and no RandAugment, 5 epochs. The other
 digits recipes (resnet18, test_iformer) end in a 1x1 map at 32 px, which has no spatial CAM.
 
-Run:    python experiments/ar_lens.py                 (trains ~4 min on 2 CPU cores, then measures; writes the JSON)
+Run:    python experiments/ar_lens.py                 (trains ResNet-20, then measures; writes the JSON)
+        python experiments/ar_lens.py --model vit_tiny --out results/ar/cam_ink_vit_tiny.json
         python experiments/ar_lens.py --table         (prints the table of results/ar/cam_ink.json)
 """
 
@@ -32,7 +34,14 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "hat" / "vit_tiny_digits_baseline.yaml"
+# name -> (recipe, overrides, default epochs); both end in a map with a spatial grid and a GAP + linear head
+CLASSIFIERS: dict[str, tuple[Path, list[str], int]] = {
+    # ResNet-20 (CIFAR layout, stride 4): a 4x4 final map at the recipe's 16 px; the quickest digits recipe
+    "resnet20": (ROOT / "recipes" / "quant" / "resnet20_digits_teacher.yaml", [], 15),
+    # tiny ViT, patch 4: an 8x8 grid at 32 px; the LayerNorm per token before the mean (fc_norm off) keeps CAM exact
+    "vit_tiny": (ROOT / "recipes" / "hat" / "vit_tiny_digits_baseline.yaml",
+                 ["model.kwargs.global_pool=avg", "model.kwargs.fc_norm=false", "data.aug.rand_augment=null"], 5),
+}
 RESULT = ROOT / "results" / "ar" / "cam_ink.json"
 NOISE_MAX = 0.9
 INK_LEVEL = 0.5
@@ -42,8 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", default=None, help="a digits classifier checkpoint with a GAP + linear head "
                                                 "(default: train one from the recipe into --run-dir)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs when no --ckpt is given (default 5)")
-    p.add_argument("--run-dir", default=str(ROOT / "runs" / "ar_lens"), help="where the classifier is trained")
+    p.add_argument("--model", default="resnet20", choices=sorted(CLASSIFIERS),
+                   help="classifier trained when no --ckpt is given (default resnet20)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs when no --ckpt is given (default: resnet20 15, vit_tiny 5)")
+    p.add_argument("--run-dir", default=None, help="where the classifier is trained (default runs/ar_lens_<model>)")
     p.add_argument("--retrain", action="store_true", help="train again even if --run-dir holds a checkpoint")
     p.add_argument("--seg-steps", type=int, default=200, help="steps of the segmentation head (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of training and of the noise backgrounds")
@@ -56,17 +68,18 @@ def train_classifier(args: argparse.Namespace) -> Path:
     from vitlab.config import load_config
     from vitlab.engine.trainer import train
 
-    run_dir = Path(args.run_dir)
+    recipe, overrides, default_epochs = CLASSIFIERS[args.model]
+    epochs = args.epochs or default_epochs
+    run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"ar_lens_{args.model}"
     ckpt = run_dir / "last.ckpt"
     if ckpt.is_file() and not args.retrain:
         print(f"using {ckpt} (--retrain to train again)")
         return ckpt
-    cfg = load_config(RECIPE, [f"out_dir={run_dir.parent}", f"name={run_dir.name}", f"train.epochs={args.epochs}",
-                               f"train.seed={args.seed}", "model.kwargs.global_pool=avg",
-                               "model.kwargs.fc_norm=false", "data.aug.rand_augment=null", "train.progress=false"])
+    cfg = load_config(recipe, [f"out_dir={run_dir.parent}", f"name={run_dir.name}", f"train.epochs={epochs}",
+                               f"train.seed={args.seed}", "train.progress=false", *overrides])
     start = time.time()
     metrics = train(cfg, overwrite=True)
-    print(f"trained {cfg.model.name} ({args.epochs} epochs) in {time.time() - start:.0f} s: "
+    print(f"trained {cfg.model.name} ({epochs} epochs) in {time.time() - start:.0f} s: "
           f"top1 {metrics.get('top1', float('nan')):.2f}")
     return ckpt
 
@@ -120,7 +133,7 @@ def measure(ckpt: Path, args: argparse.Namespace) -> dict[str, Any]:
     best = max(levels, key=lambda t: pooled_iou(train_grey > t, train_ink))
     return {
         "spec": "specs/ar.md §6 (a measurable effect on bundled data, not a paper claim)",
-        "command": "python experiments/ar_lens.py",
+        "command": " ".join(["python experiments/ar_lens.py", *sys.argv[1:]]),
         "checkpoint": str(ckpt),
         "model": cfg.model.name,
         "model_kwargs": dict(cfg.model.kwargs),
