@@ -12,7 +12,7 @@ can a per-patch head on its frozen features segment the ink?
 
 The classifier (``--model``, trained here unless ``--ckpt`` is given) must end in a map with a spatial grid and a
 global-average-pooled linear head, so that the CAM is exact: ``resnet20`` is the ClusterQ teacher recipe
-``recipes/quant/resnet20_digits_teacher.yaml`` (CIFAR ResNet-20, stride 4: a 4x4 map at its 16 px), cut to 15
+``recipes/quant/resnet20_digits_teacher.yaml`` (CIFAR ResNet-20, stride 4: a 4x4 map at its 16 px), cut to 5
 epochs; ``vit_tiny`` is ``recipes/hat/vit_tiny_digits_baseline.yaml`` (patch 4: an 8x8 grid at 32 px) with
 ``global_pool=avg, fc_norm=false`` (LayerNorm per token before the mean) and no RandAugment, 5 epochs. The other
 digits recipes (resnet18, test_iformer) end in a 1x1 map at 32 px, which has no spatial CAM.
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> (recipe, overrides, default epochs); both end in a map with a spatial grid and a GAP + linear head
 CLASSIFIERS: dict[str, tuple[Path, list[str], int]] = {
     # ResNet-20 (CIFAR layout, stride 4): a 4x4 final map at the recipe's 16 px; the quickest digits recipe
-    "resnet20": (ROOT / "recipes" / "quant" / "resnet20_digits_teacher.yaml", [], 15),
+    "resnet20": (ROOT / "recipes" / "quant" / "resnet20_digits_teacher.yaml", [], 5),
     # tiny ViT, patch 4: an 8x8 grid at 32 px; the LayerNorm per token before the mean (fc_norm off) keeps CAM exact
     "vit_tiny": (ROOT / "recipes" / "hat" / "vit_tiny_digits_baseline.yaml",
                  ["model.kwargs.global_pool=avg", "model.kwargs.fc_norm=false", "data.aug.rand_augment=null"], 5),
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="resnet20", choices=sorted(CLASSIFIERS),
                    help="classifier trained when no --ckpt is given (default resnet20)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs when no --ckpt is given (default: resnet20 15, vit_tiny 5)")
+                   help="training epochs when no --ckpt is given (default: resnet20 5, vit_tiny 5)")
     p.add_argument("--run-dir", default=None, help="where the classifier is trained (default runs/ar_lens_<model>)")
     p.add_argument("--retrain", action="store_true", help="train again even if --run-dir holds a checkpoint")
     p.add_argument("--seg-steps", type=int, default=200, help="steps of the segmentation head (default 200)")
