@@ -152,6 +152,7 @@ def _register_extra_commands() -> None:
         ("attack", "vitlab.attacks.command", "robust accuracy of a checkpoint under PGD / APGD / AutoAttack"),
         ("quantize", "vitlab.quant.command", "data-free quantization: clusterq | gdfq | zeroq"),
         ("analyze", "vitlab.analysis.command", "frequency analysis and overlays of a trained model"),
+        ("lens", "vitlab.analysis.lens_command", "AR-lens overlay of a checkpoint's CAM / attention map on an image"),
     ):
         try:
             module = importlib.import_module(module_name)
