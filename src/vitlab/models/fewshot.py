@@ -4,11 +4,16 @@ The official code (DongSky/few-shot-vit) trains ~12.5M-parameter transformers on
 fairly with a ResNet-12. All three share a ResNet-12-like convolutional stem (`ConvStem`) that divides the image by 4
 and end in a 5x5 final map, the grid SUN's patch labels live on:
 
-| registered name | structure | backbone params | final map |
-|---|---|---|---|
-| `visformer_micro_80` (the paper's "visformer_small_80") | `FewShotVisformer`: 4 conv-only blocks at 20x20 (128-d), 2 attention blocks at 10x10 (256-d), 3 at 5x5 (512-d), BatchNorm throughout | 12,531,392 | 5x5x512 |
-| `nest_micro_resembed_80` | timm's `Nest` with the conv stem; dims (128, 384, 512), heads (4, 12, 16), depths (2, 2, 2) | 12,795,456 | 5x5x512 |
-| `lvvit_micro_80` | `LVViT`: conv stem + 4x4 patch projection, class token, 8 blocks of 384-d, 6 heads, MLP ratio 3, residual branches divided by 2 | 12,597,312 | 5x5x384 |
+- `visformer_micro_80` (the paper's "visformer_small_80"), `FewShotVisformer`: 4 conv-only blocks at 20x20 (128-d),
+  2 attention blocks at 10x10 (256-d), 3 at 5x5 (512-d), BatchNorm throughout; 12,531,392 backbone parameters,
+  5x5x512 final map.
+- `nest_micro_resembed_80`, `FewShotNest`: timm's NesT with the conv stem; dims (128, 384, 512), heads (4, 12, 16),
+  depths (2, 2, 2); 12,795,456 parameters, 5x5x512.
+- `lvvit_micro_80`, `LVViT`: conv stem + 4x4 patch projection, class token, 8 blocks of 384-d, 6 heads, MLP ratio 3,
+  residual branches divided by 2; 12,597,312 parameters, 5x5x384.
+
+The counts exclude the classifier head (the official encoders have none) and match the spec's 12.53M / 12.80M /
+12.60M.
 
 The `test_*_fs32` variants are a few hundred thousand parameters: 32x32 inputs and a 4x4 final map (16 patches), for
 the spec's small-scale plan (section 6) and the registry-wide model tests.
@@ -230,11 +235,21 @@ class FewShotVisformer(nn.Module):
         starts = [0, depths[0], depths[0] + depths[1]]
 
         def stage(index: int) -> nn.Sequential:
-            return nn.Sequential(*[
-                VisformerBlock(dims[index], num_heads, attention=index > 0, mlp_ratio=mlp_ratio, groups=groups,
-                               drop=drop_rate, attn_drop=attn_drop_rate, drop_path=rates[starts[index] + i])
-                for i in range(depths[index])
-            ])
+            return nn.Sequential(
+                *[
+                    VisformerBlock(
+                        dims[index],
+                        num_heads,
+                        attention=index > 0,
+                        mlp_ratio=mlp_ratio,
+                        groups=groups,
+                        drop=drop_rate,
+                        attn_drop=attn_drop_rate,
+                        drop_path=rates[starts[index] + i],
+                    )
+                    for i in range(depths[index])
+                ]
+            )
 
         self.stage1 = stage(0)
         self.patch_embed2 = PatchMerge(dims[0], dims[1])
@@ -265,9 +280,14 @@ class FewShotVisformer(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^stem|^pos_embed1", blocks=[(r"^stage(\d+)" if coarse else r"^stage(\d+)\.(\d+)", None),
-                                                       (r"^patch_embed(\d+)|^pos_embed(\d+)", (0,)),
-                                                       (r"^norm", (99999,))])
+        return dict(
+            stem=r"^stem|^pos_embed1",
+            blocks=[
+                (r"^stage(\d+)" if coarse else r"^stage(\d+)\.(\d+)", None),
+                (r"^patch_embed(\d+)|^pos_embed(\d+)", (0,)),
+                (r"^norm", (99999,)),
+            ],
+        )
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -283,8 +303,11 @@ class FewShotVisformer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, C3, h, w) final BN-normed map; position embeddings are resized for other input sizes."""
-        stages = ((self.stem, self.pos_embed1, self.stage1), (self.patch_embed2, self.pos_embed2, self.stage2),
-                  (self.patch_embed3, self.pos_embed3, self.stage3))
+        stages = (
+            (self.stem, self.pos_embed1, self.stage1),
+            (self.patch_embed2, self.pos_embed2, self.stage2),
+            (self.patch_embed3, self.pos_embed3, self.stage3),
+        )
         for embed, pos_embed, blocks in stages:
             x = embed(x)
             x = blocks(self.pos_drop(x + _resize_grid(pos_embed, x.shape[-2], x.shape[-1])))
@@ -318,7 +341,12 @@ class FewShotNest(Nest):
     """
 
     def __init__(
-        self, img_size: int | tuple[int, int] = 80, stem_dim: int = 64, stem_pool: bool = True, **kwargs: Any
+        self,
+        img_size: int | tuple[int, int] = 80,
+        embed_dims: tuple[int, ...] = (128, 384, 512),
+        stem_dim: int = 64,
+        stem_pool: bool = True,
+        **kwargs: Any,
     ) -> None:
         in_chans = kwargs.get("in_chans", 3)
         if isinstance(img_size, Sequence):
@@ -326,9 +354,10 @@ class FewShotNest(Nest):
                 raise ValueError(f"FewShotNest: NesT takes square inputs only, got img_size={tuple(img_size)}")
             img_size = img_size[0]
         stride = 4 if stem_pool else 2
-        super().__init__(img_size=img_size, patch_size=stride, **kwargs)
+        super().__init__(img_size=img_size, patch_size=stride, embed_dims=tuple(embed_dims), **kwargs)
         self.img_size = img_size
-        self.patch_embed = ConvStem(in_chans, stem_dim, self.levels[0].pos_embed.shape[-1], pool=stem_pool)
+        stem = ConvStem(in_chans, stem_dim, embed_dims[0], pool=stem_pool)
+        self.patch_embed = stem  # type: ignore[assignment]  # replaces timm's PatchEmbed; also (B, C, H/4, W/4)
         for module in self.patch_embed.modules():
             if isinstance(module, nn.Conv2d):
                 trunc_normal_(module.weight, std=0.02, a=-2, b=2)
@@ -425,10 +454,12 @@ class LVViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.Sequential(*[
-            LVViTBlock(embed_dim, num_heads, mlp_ratio, skip_lam, drop_rate, attn_drop_rate, rates[i])
-            for i in range(depth)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                LVViTBlock(embed_dim, num_heads, mlp_ratio, skip_lam, drop_rate, attn_drop_rate, rates[i])
+                for i in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head: nn.Module = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -450,8 +481,7 @@ class LVViT(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^cls_token|^pos_embed|^stem|^proj", blocks=[(r"^blocks\.(\d+)", None),
-                                                                       (r"^norm", (99999,))])
+        return dict(stem=r"^cls_token|^pos_embed|^stem|^proj", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -468,7 +498,7 @@ class LVViT(nn.Module):
     def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.proj(self.stem(x))
         grid = (x.shape[-2], x.shape[-1])
-        pos_embed = self.pos_embed
+        pos_embed: Tensor = self.pos_embed
         if grid != self.grid_size:  # resize the patch part of the position embedding for another input size
             patch_pos = pos_embed[:, 1:].reshape(1, *self.grid_size, -1).permute(0, 3, 1, 2)
             patch_pos = _resize_grid(patch_pos, *grid).flatten(2).transpose(1, 2)
@@ -551,7 +581,7 @@ def feature_map(model: nn.Module, x: Tensor) -> Tensor:
         return own(x)
     forward_features = getattr(model, "forward_features", None)
     if not callable(forward_features):
-        raise NoFeatureMapError(f"{_model_name(model)} has no forward_features, so no final spatial feature map for SUN")
+        raise NoFeatureMapError(f"{_model_name(model)} has no forward_features, so no final spatial map for SUN")
     features = forward_features(x)
     if not isinstance(features, Tensor):
         raise NoFeatureMapError(
@@ -635,43 +665,87 @@ def _create(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any)
 @register_vitlab_model
 def visformer_micro_80(pretrained: bool = False, **kwargs: Any) -> FewShotVisformer:
     """SUN's Visformer ("visformer_small_80" in the paper): 12,531,392 backbone params, 5x5x512 map at 80 px."""
-    return _create(FewShotVisformer, "visformer_micro_80", pretrained, **{
-        "embed_dim": 256, "depths": (4, 2, 3), "num_heads": 6, "stem_dim": 64, **kwargs})
+    return _create(
+        FewShotVisformer,
+        "visformer_micro_80",
+        pretrained,
+        **{"embed_dim": 256, "depths": (4, 2, 3), "num_heads": 6, "stem_dim": 64, **kwargs},
+    )
 
 
 @register_vitlab_model
 def nest_micro_resembed_80(pretrained: bool = False, **kwargs: Any) -> FewShotNest:
     """SUN's NesT with the conv stem: 12,795,456 backbone params, 5x5x512 map at 80 px."""
-    return _create(FewShotNest, "nest_micro_resembed_80", pretrained, **{
-        "embed_dims": (128, 384, 512), "num_heads": (4, 12, 16), "depths": (2, 2, 2), "drop_path_rate": 0.0,
-        **kwargs})
+    return _create(
+        FewShotNest,
+        "nest_micro_resembed_80",
+        pretrained,
+        **{
+            "embed_dims": (128, 384, 512),
+            "num_heads": (4, 12, 16),
+            "depths": (2, 2, 2),
+            "drop_path_rate": 0.0,
+            **kwargs,
+        },
+    )
 
 
 @register_vitlab_model
 def lvvit_micro_80(pretrained: bool = False, **kwargs: Any) -> LVViT:
     """SUN's LV-ViT: 12,597,312 backbone params, 5x5x384 patch map at 80 px."""
-    return _create(LVViT, "lvvit_micro_80", pretrained, **{
-        "embed_dim": 384, "depth": 8, "num_heads": 6, "mlp_ratio": 3.0, "stem_dim": 96, **kwargs})
+    return _create(
+        LVViT,
+        "lvvit_micro_80",
+        pretrained,
+        **{"embed_dim": 384, "depth": 8, "num_heads": 6, "mlp_ratio": 3.0, "stem_dim": 96, **kwargs},
+    )
 
 
 @register_vitlab_model
 def test_visformer_fs32(pretrained: bool = False, **kwargs: Any) -> FewShotVisformer:
     """Tiny few-shot Visformer for tests and the CPU plan (spec section 6): 32 px, 4x4x128 map."""
-    return _create(FewShotVisformer, "test_visformer_fs32", pretrained, **{
-        "img_size": 32, "embed_dim": 64, "depths": (1, 1, 1), "num_heads": 2, "stem_dim": 16, "stem_pool": False,
-        **kwargs})
+    return _create(
+        FewShotVisformer,
+        "test_visformer_fs32",
+        pretrained,
+        **{
+            "img_size": 32,
+            "embed_dim": 64,
+            "depths": (1, 1, 1),
+            "num_heads": 2,
+            "stem_dim": 16,
+            "stem_pool": False,
+            **kwargs,
+        },
+    )
 
 
 @register_vitlab_model
 def test_nest_fs32(pretrained: bool = False, **kwargs: Any) -> FewShotNest:
     """Tiny NesT with the conv stem: 32 px, 4x4x128 map."""
-    return _create(FewShotNest, "test_nest_fs32", pretrained, **{
-        "img_size": 32, "embed_dims": (32, 64, 128), "num_heads": (1, 2, 4), "depths": (1, 1, 1), "stem_dim": 16,
-        "stem_pool": False, "drop_path_rate": 0.0, **kwargs})
+    return _create(
+        FewShotNest,
+        "test_nest_fs32",
+        pretrained,
+        **{
+            "img_size": 32,
+            "embed_dims": (32, 64, 128),
+            "num_heads": (1, 2, 4),
+            "depths": (1, 1, 1),
+            "stem_dim": 16,
+            "stem_pool": False,
+            "drop_path_rate": 0.0,
+            **kwargs,
+        },
+    )
 
 
 @register_vitlab_model
 def test_lvvit_fs32(pretrained: bool = False, **kwargs: Any) -> LVViT:
     """Tiny LV-ViT: 32 px, patch 8, 4x4x96 patch map."""
-    return _create(LVViT, "test_lvvit_fs32", pretrained, **{
-        "img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 2, "num_heads": 2, "stem_dim": 16, **kwargs})
+    return _create(
+        LVViT,
+        "test_lvvit_fs32",
+        pretrained,
+        **{"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 2, "num_heads": 2, "stem_dim": 16, **kwargs},
+    )
