@@ -231,7 +231,7 @@ class FewShotVisformer(nn.Module):
         self.pos_embed2 = nn.Parameter(torch.zeros(1, dims[1], height // 2, width // 2))
         self.pos_embed3 = nn.Parameter(torch.zeros(1, dims[2], height // 4, width // 4))
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         starts = [0, depths[0], depths[0] + depths[1]]
 
         def stage(index: int) -> nn.Sequential:
@@ -453,7 +453,7 @@ class LVViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.Sequential(
             *[
                 LVViTBlock(embed_dim, num_heads, mlp_ratio, skip_lam, drop_rate, attn_drop_rate, rates[i])
