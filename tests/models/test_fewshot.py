@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import timm
@@ -17,6 +18,7 @@ from vitlab.models.fewshot import (
     LVViT,
     LVViTBlock,
     NoFeatureMapError,
+    checkpoint_filter_fn,
     feature_map,
     pooled_feature,
 )
@@ -199,7 +201,7 @@ def test_feature_map_errors_name_the_model() -> None:
 
 
 def test_pretrained_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="visformer_micro_80: vitlab ships no weights"):
+    with pytest.raises(ValueError, match="visformer_micro_80: vitlab ships no weights.*checkpoint_filter_fn"):
         timm.create_model("visformer_micro_80", pretrained=True)
 
 
@@ -212,3 +214,39 @@ def test_listed_by_vitlab_models(capsys: pytest.CaptureFixture) -> None:
         assert rows[name]["params"] == params + 64 * FINAL_MAP[name][0] + 64
         assert rows[name]["backbone_params"] == params
         assert rows[name]["input_size"] == [3, 80, 80]
+
+
+def _official_layout(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """vitlab keys -> the official repository's (models/visformer.py wraps every BatchNorm of the blocks, patch merges
+    and final norm in a module whose BatchNorm2d is `.bn`; models/lvvit.py calls the stem and projection
+    `patch_embed`), under the `encoder.` prefix of its classifier / Meta-Baseline wrappers, head dropped."""
+    official = {}
+    for key, value in state.items():
+        if key.startswith("head."):
+            continue
+        if name.startswith("visformer"):
+            key = re.sub(r"(^|\.)(norm\d?)\.", r"\1\2.bn.", key)
+        if name.startswith("lvvit"):
+            key = "patch_embed." + key if key.startswith("proj.") else re.sub(r"^stem\.", "patch_embed.", key)
+        official[f"encoder.{key}"] = value
+    official["temp"] = torch.tensor(10.0)  # Meta-Baseline's learnable temperature, not a backbone weight
+    return official
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONE_PARAMS))
+def test_official_checkpoint_keys_load(name: str) -> None:
+    source = build(name, num_classes=0)
+    official = _official_layout(name, source.state_dict())
+    if name.startswith("visformer"):
+        assert "encoder.stage2.0.norm1.bn.weight" in official and "encoder.norm.bn.running_var" in official
+        assert "encoder.stem.bn1.weight" in official  # the stem's own BatchNorms are not wrapped
+    if name.startswith("lvvit"):
+        assert "encoder.patch_embed.proj.weight" in official and "encoder.patch_embed.conv1.weight" in official
+    target = build(name)  # 64-class head: kept from the new model
+    target.load_state_dict(checkpoint_filter_fn({"model_sd": official}, target))
+    x = images(1, 3, 80, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(feature_map(target, x), feature_map(source, x))
+    official.pop(next(iter(official)))
+    with pytest.raises(ValueError, match="checkpoint does not match: missing"):
+        checkpoint_filter_fn({"model_sd": official}, target)

@@ -25,7 +25,8 @@ official head reads the class token (`global_pool="token"`); SUN's pooled featur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ __all__ = [
     "FewShotNest",
     "LVViT",
     "NoFeatureMapError",
+    "checkpoint_filter_fn",
     "feature_map",
     "pooled_feature",
 ]
@@ -612,6 +614,64 @@ def pooled_feature(feature_map: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Official checkpoints (DongSky/few-shot-vit: teacher, SUN and Meta-Baseline stages all keep the backbone as `encoder`)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _convert_official_key(key: str) -> str:
+    """Official backbone key -> vitlab key: Visformer's BatchNorm wrappers (`norm1.bn.weight`) lose their `bn.`;
+    LV-ViT's `patch_embed.{conv,bn,downsample}*` stem is `stem.*` and its `patch_embed.proj` is `proj`."""
+    key = re.sub(r"(^|\.)bn\.", r"\1", key)
+    if key.startswith("patch_embed.proj."):
+        return key.removeprefix("patch_embed.")
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
+    """Convert an official SUN checkpoint's backbone (or a vitlab state dict) to `model`'s keys.
+
+    Unwraps `model_sd` / `state_dict` / `model`, keeps the `encoder.` keys when there are any (the official
+    classifier and Meta-Baseline wrappers), strips `module.`, renames with `_convert_official_key`. The classifier head
+    is not in the official encoders: it keeps the model's own (fresh) weights.
+
+    Raises:
+        ValueError: listing every missing, unexpected and mis-shaped backbone key at once.
+    """
+    for wrapper in ("model_sd", "state_dict", "model"):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
+            state_dict = state_dict[wrapper]
+            break
+    keys = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    if any(key.startswith("encoder.") for key in keys):
+        keys = {key.removeprefix("encoder."): value for key, value in keys.items() if key.startswith("encoder.")}
+    target = model.state_dict()
+    lvvit = isinstance(model, LVViT)
+    converted: dict[str, Tensor] = {}
+    for key, value in keys.items():
+        key = _convert_official_key(key)
+        if lvvit and key.startswith("patch_embed."):
+            key = "stem." + key.removeprefix("patch_embed.")
+        converted[key] = value
+    head = "head."
+    missing = [k for k in target if k not in converted and not k.startswith(head)]
+    unexpected = [k for k in converted if k not in target]
+    shapes = [
+        f"{k} {tuple(converted[k].shape)} vs {tuple(target[k].shape)}"
+        for k in target
+        if k in converted and tuple(converted[k].shape) != tuple(target[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{type(model).__name__} checkpoint does not match: missing {missing or 'none'}; unexpected "
+            f"{unexpected or 'none'}; mis-shaped {shapes or 'none'}"
+        )
+    for key in target:
+        if key.startswith(head) and key not in converted:
+            converted[key] = target[key]
+    return converted
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -648,16 +708,12 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _no_weights(variant: str, pretrained: bool) -> None:
+def _create(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> Any:
     if pretrained:
         raise ValueError(
-            f"{variant}: vitlab ships no weights for SUN's backbones; train one (recipes/sun/) or load a vitlab "
-            "checkpoint"
+            f"{variant}: vitlab ships no weights and never downloads them; for an official SUN checkpoint build the "
+            "model and call model.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=True), model))"
         )
-
-
-def _create(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> Any:
-    _no_weights(variant, pretrained)
     feature_cfg = dict(out_indices=(0, 1, 2), flatten_sequential=True) if issubclass(cls, Nest) else None
     return build_model_with_cfg(cls, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
 
