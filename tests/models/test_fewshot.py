@@ -250,3 +250,16 @@ def test_official_checkpoint_keys_load(name: str) -> None:
     official.pop(next(iter(official)))
     with pytest.raises(ValueError, match="checkpoint does not match: missing"):
         checkpoint_filter_fn({"model_sd": official}, target)
+
+
+def test_visformer_intermediates_and_features_only() -> None:
+    model = build("test_visformer_fs32", num_classes=0)
+    x = images(2, 3, 32, 32)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert [tuple(m.shape) for m in maps] == [(2, 32, 16, 16), (2, 64, 8, 8), (2, 128, 4, 4)]
+        torch.testing.assert_close(final, model.forward_features(x))
+        extractor = build("test_visformer_fs32", num_classes=0, features_only=True, out_indices=(1,))  # same weights
+        (middle,) = extractor(x)
+    torch.testing.assert_close(middle, maps[1])
+    assert not hasattr(extractor.model, "stage3")  # pruned after the requested stage

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._features import feature_take_indices
 from timm.models.nest import Nest
 from torch import Tensor, nn
 
@@ -261,6 +262,10 @@ class FewShotVisformer(nn.Module):
         self.norm = nn.BatchNorm2d(dims[2])
         self.head_drop = nn.Dropout(drop_rate)
         self.head: nn.Module = nn.Linear(dims[2], num_classes) if num_classes > 0 else nn.Identity()
+        self.num_stages = 3
+        self.feature_info = [
+            dict(num_chs=dims[i], reduction=self.stem.stride * 2**i, module=f"stage{i + 1}") for i in range(3)
+        ]
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -278,7 +283,7 @@ class FewShotVisformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed1", "pos_embed2", "pos_embed3"}
+        return {f"pos_embed{index + 1}" for index in range(self.num_stages)}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -303,17 +308,56 @@ class FewShotVisformer(nn.Module):
             trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
+    def _run_stage(self, index: int, x: Tensor) -> Tensor:
+        """Stage `index` (0-2): its stem or patch merge, the position embedding (resized to other sizes), the blocks."""
+        x = getattr(self, "stem" if index == 0 else f"patch_embed{index + 1}")(x)
+        pos_embed = getattr(self, f"pos_embed{index + 1}")
+        return getattr(self, f"stage{index + 1}")(self.pos_drop(x + _resize_grid(pos_embed, x.shape[-2], x.shape[-1])))
+
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, C3, h, w) final BN-normed map; position embeddings are resized for other input sizes."""
-        stages = (
-            (self.stem, self.pos_embed1, self.stage1),
-            (self.patch_embed2, self.pos_embed2, self.stage2),
-            (self.patch_embed3, self.pos_embed3, self.stage3),
-        )
-        for embed, pos_embed, blocks in stages:
-            x = embed(x)
-            x = blocks(self.pos_drop(x + _resize_grid(pos_embed, x.shape[-2], x.shape[-1])))
+        for index in range(self.num_stages):
+            x = self._run_stage(index, x)
         return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs as (B, C_s, H_s, W_s) maps (timm's feature API); `norm` applies the final BatchNorm to the
+        last stage's output. Returns the maps, or (final normed map, maps) unless `intermediates_only`."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"FewShotVisformer.forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, max_index = feature_take_indices(self.num_stages, indices)
+        intermediates = []
+        for index in range(max_index + 1 if stop_early else self.num_stages):
+            x = self._run_stage(index, x)
+            if index in take:
+                intermediates.append(self.norm(x) if norm and index == 2 else x)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages (with their merges and position embeddings), norm and head the requested features skip."""
+        take, max_index = feature_take_indices(self.num_stages, indices)
+        for index in range(max_index + 1, self.num_stages):
+            for name in (f"patch_embed{index + 1}", f"pos_embed{index + 1}", f"stage{index + 1}"):
+                delattr(self, name)
+        self.num_stages = max_index + 1
+        self.feature_info = self.feature_info[: self.num_stages]
+        if prune_norm:
+            self.norm = nn.Identity()  # type: ignore[assignment]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_feature_map(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, C, h, w): the final map SUN's local classifier reads (spec section 2.2 (a))."""
@@ -714,7 +758,11 @@ def _create(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any)
             f"{variant}: vitlab ships no weights and never downloads them; for an official SUN checkpoint build the "
             "model and call model.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=True), model))"
         )
-    feature_cfg = dict(out_indices=(0, 1, 2), flatten_sequential=True) if issubclass(cls, Nest) else None
+    feature_cfg: dict[str, Any] | None = None
+    if issubclass(cls, Nest):
+        feature_cfg = dict(out_indices=(0, 1, 2), flatten_sequential=True)
+    elif issubclass(cls, FewShotVisformer):
+        feature_cfg = dict(out_indices=(0, 1, 2), feature_cls="getter")
     return build_model_with_cfg(cls, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
 
 
