@@ -26,3 +26,12 @@ from vitlab.models import dualformer as dualformer  # noqa: E402,F401
 from vitlab.models import fewshot as fewshot  # noqa: E402,F401
 from vitlab.models import frame_average as frame_average  # noqa: E402,F401
 from vitlab.models import iformer as iformer  # noqa: E402,F401
+from vitlab.models.fewshot import NoFeatureMapError, feature_map, pooled_feature  # noqa: E402
+
+__all__ = [
+    "NoFeatureMapError",
+    "feature_map",
+    "list_vitlab_models",
+    "pooled_feature",
+    "register_vitlab_model",
+]
