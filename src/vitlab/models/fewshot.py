@@ -338,7 +338,7 @@ class FewShotVisformer(nn.Module):
         for index in range(max_index + 1 if stop_early else self.num_stages):
             x = self._run_stage(index, x)
             if index in take:
-                intermediates.append(self.norm(x) if norm and index == 2 else x)
+                intermediates.append(self.norm(x) if norm and index == self.num_stages - 1 else x)
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
