@@ -23,5 +23,15 @@ def list_vitlab_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _VITLAB_MODELS if fnmatch.fnmatch(name, pattern))
 from vitlab.models import cifar_resnet as cifar_resnet  # noqa: E402,F401
 from vitlab.models import dualformer as dualformer  # noqa: E402,F401
+from vitlab.models import fewshot as fewshot  # noqa: E402,F401
 from vitlab.models import frame_average as frame_average  # noqa: E402,F401
 from vitlab.models import iformer as iformer  # noqa: E402,F401
+from vitlab.models.fewshot import NoFeatureMapError, feature_map, pooled_feature  # noqa: E402
+
+__all__ = [
+    "NoFeatureMapError",
+    "feature_map",
+    "list_vitlab_models",
+    "pooled_feature",
+    "register_vitlab_model",
+]
