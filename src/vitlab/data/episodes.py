@@ -63,13 +63,14 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 def episode_keys(seed: int, epoch: int, stream: int, episode_ids: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Hash keys (len(episode_ids), *items.shape) of (seed, epoch, stream, episode, item), uint64."""
+    """uint64 hash keys of (seed, epoch, stream, episode, item); ``items`` (E or 1, ...) pairs with
+    ``episode_ids`` (E,) along its first axis; returns (E, ...)."""
     head = np.array([seed & (2**64 - 1)], dtype=np.uint64)
     for value in (epoch, stream):
         head = _mix64(head ^ np.uint64(value & (2**64 - 1)))
     per_episode = _mix64(head ^ episode_ids.astype(np.uint64))  # (E,)
-    shape = (-1,) + (1,) * items.ndim
-    return _mix64(per_episode.reshape(shape) ^ items.astype(np.uint64)[None])
+    shape = (-1,) + (1,) * (items.ndim - 1)
+    return _mix64(per_episode.reshape(shape) ^ items.astype(np.uint64))
 
 
 def class_members(targets: Sequence[int] | np.ndarray | Tensor) -> dict[int, np.ndarray]:
@@ -112,7 +113,7 @@ def sample_episodes(members: Mapping[int, np.ndarray], shape: EpisodeShape, epis
     out = np.empty((len(ids), shape.ways, shape.per_class), dtype=np.int64)
     for start in range(0, len(ids), _CHUNK):
         block = ids[start:start + _CHUNK]
-        class_keys = episode_keys(seed, epoch, _CLASS_STREAM, block, labels)  # (e, C)
+        class_keys = episode_keys(seed, epoch, _CLASS_STREAM, block, labels[None])  # (e, C)
         rows = np.argsort(class_keys, axis=1, kind="stable")[:, :shape.ways]  # (e, ways) rows of `table`
         candidates = table[rows]  # (e, ways, M)
         keys = episode_keys(seed, epoch, _IMAGE_STREAM, block, np.maximum(candidates, 0))
