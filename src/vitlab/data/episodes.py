@@ -118,6 +118,10 @@ def sample_episodes(members: Mapping[int, np.ndarray], shape: EpisodeShape, epis
         candidates = table[rows]  # (e, ways, M)
         keys = episode_keys(seed, epoch, _IMAGE_STREAM, block, np.maximum(candidates, 0))
         keys[candidates < 0] = np.iinfo(np.uint64).max  # padding sorts last; counts >= per_class keeps it out
+        if keys.shape[2] > shape.per_class:  # the per_class smallest keys, then in key order (ties: ~2^-64)
+            smallest = np.argpartition(keys, shape.per_class - 1, axis=2)[:, :, :shape.per_class]
+            candidates = np.take_along_axis(candidates, smallest, axis=2)
+            keys = np.take_along_axis(keys, smallest, axis=2)
         pick = np.argsort(keys, axis=2, kind="stable")[:, :, :shape.per_class]
         out[start:start + len(block)] = np.take_along_axis(candidates, pick, axis=2)
     return torch.from_numpy(out)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import pickle
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path

@@ -55,7 +55,7 @@ def embed_dataset(feature_fn: FeatureFn, dataset: Dataset[dict[str, Any]], batch
 def split_episode_features(features: Tensor, episodes: Tensor, shots: int) -> tuple[Tensor, Tensor]:
     """Gather episode features: ``episodes`` (E, W, S + Q) indices into ``features`` (N, D) ->
     support (E, W, S, D), query (E, W, Q, D)."""
-    gathered = features[episodes]
+    gathered = features.index_select(0, episodes.reshape(-1)).view(*episodes.shape, features.shape[-1])
     return gathered[:, :, :shots], gathered[:, :, shots:]
 
 
@@ -183,9 +183,9 @@ def evaluate_episodes(features: Tensor, labels: Tensor, shape: EpisodeShape, epi
         for head in heads:
             kwargs = (logistic_kwargs or {}) if head == "logistic" else {}
             per_head[head].append(episode_accuracies(support, query, head, **kwargs).cpu())
-    results = {}
-    for head, chunks in per_head.items():
+    results: dict[str, EpisodeResult] = {}
+    for name, chunks in per_head.items():
         acc = torch.cat(chunks).double()
-        results[head] = EpisodeResult(head, shape.ways, shape.shots, shape.queries, episodes,
+        results[name] = EpisodeResult(name, shape.ways, shape.shots, shape.queries, episodes,
                                       100.0 * float(acc.mean()), 100.0 * confidence_interval(acc, quantile), acc)
     return results
