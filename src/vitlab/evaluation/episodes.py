@@ -67,10 +67,15 @@ def prototype_logits(support: Tensor, query: Tensor, metric: Literal["cosine", "
     """
     prototypes = support.mean(dim=2)  # (E, W, D)
     queries = query.reshape(query.shape[0], -1, query.shape[-1])  # (E, W·Q, D)
+    # Both as one batched product with the (few) prototypes, dividing or shifting by per-query norms afterwards,
+    # so that no normalised or differenced copy of the (many) query features is written.
     if metric == "cosine":
-        return torch.bmm(F.normalize(queries, dim=-1), F.normalize(prototypes, dim=-1).transpose(1, 2))
+        products = torch.bmm(queries, F.normalize(prototypes, dim=-1).transpose(1, 2))
+        return products / queries.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     if metric == "euclidean":
-        return -torch.cdist(queries, prototypes).square()
+        products = torch.bmm(queries, prototypes.transpose(1, 2))
+        squared = queries.norm(dim=-1, keepdim=True).square() + prototypes.square().sum(dim=-1).unsqueeze(1)
+        return -(squared - 2 * products).clamp_min(0)
     raise ValueError(f"prototype_logits: unknown metric {metric!r} (allowed: cosine, euclidean)")
 
 
