@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
 from vitlab.config import DataConfig
@@ -76,6 +80,32 @@ def test_ranks_together_hold_the_single_process_episodes(world: int) -> None:
         for ids, batch in zip(rank_episode_ids(10, r, world), shard, strict=True):
             by_id[ids] = batch
     assert [by_id[e] for e in range(10)] == single
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        sampler = EpisodeBatchSampler(_targets(), SHAPE, episodes=9, seed=5)  # rank and world from the group
+        torch.save({"rank": sampler.rank, "batches": list(sampler)}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes: a few seconds on a quiet machine
+def test_two_gloo_processes_hold_the_single_process_episodes(tmp_path: Path) -> None:
+    mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = list(EpisodeBatchSampler(_targets(), SHAPE, episodes=9, seed=5))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    merged = [ranks[e % 2]["batches"][e // 2] for e in range(9)]
+    assert merged == single
 
 
 def test_padding_keeps_ranks_in_step() -> None:
