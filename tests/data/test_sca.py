@@ -85,3 +85,15 @@ def test_bad_settings_name_the_key() -> None:
         SpatialConsistentAugmentation(SCAConfig(hflip=1.5), 32, 3, MEAN, STD)
     with pytest.raises(DataError, match="sun.sca.scale"):
         SpatialConsistentAugmentation(SCAConfig(scale=[0.0, 1.0]), 32, 3, MEAN, STD)
+
+
+def test_single_channel_images_with_every_op_on() -> None:
+    """The digits plan (§6): grey images, scale 0.35-1, no flip; every op forced on keeps shape and range."""
+    cfg = SCAConfig(scale=[0.35, 1.0], hflip=0.0, strong_prob=1.0, rand_augment_prob=1.0, blur_prob=1.0,
+                    solarize_prob=1.0, grey_prob=1.0, erasing=1.0)
+    sca = SpatialConsistentAugmentation(cfg, 32, 1, (0.3,), (0.32,))
+    torch.manual_seed(4)
+    random.seed(4)
+    teacher, student = sca(torch.rand(1, 32, 32))
+    assert teacher.shape == student.shape == (1, 32, 32)
+    assert 0 <= float(student.min()) and float(student.max()) <= 1 and not torch.equal(teacher, student)
