@@ -101,19 +101,14 @@ def logistic_logits(support: Tensor, query: Tensor, inverse_reg: float = 1.0, st
     alpha = x.new_zeros(episodes, n, ways)
     bias = x.new_zeros(episodes, 1, ways)
     alpha_buf, bias_buf = torch.zeros_like(alpha), torch.zeros_like(bias)
-    for step in range(steps):  # a loop over iterations, each over every episode at once
-        probs = torch.softmax(torch.bmm(gram, alpha) + bias, dim=-1)
-        residual = (probs - targets) / n  # dCE/dlogits, (E, n, W)
-        grad_alpha = residual + reg * alpha  # the weight gradient Xᵀ(residual) + reg·W, in α coordinates
+    for _ in range(steps):  # a loop over iterations, each over every episode at once; in place to spare allocations
+        residual = torch.baddbmm(bias, gram, alpha).softmax(dim=-1).sub_(targets).div_(n)  # dCE/dlogits (E, n, W)
         grad_bias = residual.sum(dim=1, keepdim=True)
-        if step == 0:
-            alpha_buf.copy_(grad_alpha)
-            bias_buf.copy_(grad_bias)
-        else:
-            alpha_buf.mul_(momentum).add_(grad_alpha)
-            bias_buf.mul_(momentum).add_(grad_bias)
-        alpha = alpha - lr * (grad_alpha + momentum * alpha_buf)
-        bias = bias - lr * (grad_bias + momentum * bias_buf)
+        grad_alpha = residual.add_(alpha, alpha=reg)  # the weight gradient Xᵀ(residual) + reg·W, in α coordinates
+        alpha_buf.mul_(momentum).add_(grad_alpha)  # torch's SGD: the buffer starts at the first gradient
+        bias_buf.mul_(momentum).add_(grad_bias)
+        alpha.sub_(grad_alpha.add_(alpha_buf, alpha=momentum), alpha=lr)
+        bias.sub_(grad_bias.add_(bias_buf, alpha=momentum), alpha=lr)
     return torch.bmm(torch.bmm(q, x.transpose(1, 2)), alpha) + bias
 
 
