@@ -4,6 +4,7 @@
 docs/data.md for the sets, the layouts of user data and the cache.
 """
 
+from vitlab.data import fewshot_formats as fewshot_formats  # noqa: F401  (mini_imagenet, tiered_imagenet, cifar_fs)
 from vitlab.data import video_sets as video_sets  # noqa: E402,F401  (registers moving_digits, video_folder)
 from vitlab.data.build import build_dataset, dataset_names, register_dataset
 from vitlab.data.cache import cache_dir

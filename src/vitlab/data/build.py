@@ -98,6 +98,38 @@ def build_digits(cfg: DataConfig, split: str, train: bool) -> TensorImageDataset
     return _tensor_dataset(cfg, train, images, labels.tolist(), DIGITS_CLASSES, mean, std, subset=split == "train")
 
 
+DIGITS_BASE = (0, 1, 2, 3, 4)  # specs/sun.md §6: 5 base digits, 5 novel digits
+DIGITS_NOVEL = (5, 6, 7, 8, 9)
+
+
+def build_digits_fewshot(cfg: DataConfig, split: str, train: bool) -> TensorImageDataset:
+    """``digits_fewshot`` (specs/sun.md §6): class-disjoint base {0..4} / novel {5..9}.
+
+    "base" is the base digits of the digits training split, "base_test" the base digits of its test split, "novel"
+    every image of the novel digits. Labels are re-numbered 0..4 within the split (``classes`` gives the digits);
+    mean / std come from "base". "train" and "test" are accepted for "base" and "novel".
+    """
+    split = FEWSHOT_ALIASES.get(split, split)
+    if split not in ("base", "base_test", "novel"):
+        raise DataError(f"digits_fewshot: unknown split {split!r} (allowed: base, base_test, novel; train = base, "
+                        "test = novel)")
+    data = load_digits_split(cfg.img_size)
+    base_mask = torch.isin(data.train_labels, torch.tensor(DIGITS_BASE))
+    mean, std = channel_stats(data.train_images[base_mask])
+    if split == "novel":
+        images, labels = torch.cat([data.train_images, data.test_images]), torch.cat([data.train_labels,
+                                                                                      data.test_labels])
+        chosen = DIGITS_NOVEL
+    else:
+        images, labels = (data.train_images, data.train_labels) if split == "base" else (data.test_images,
+                                                                                          data.test_labels)
+        chosen = DIGITS_BASE
+    keep = torch.isin(labels, torch.tensor(chosen))
+    targets = [chosen.index(int(v)) for v in labels[keep]]
+    return _tensor_dataset(cfg, train, images[keep], targets, [DIGITS_CLASSES[d] for d in chosen], mean, std,
+                           subset=split == "base")
+
+
 def _glyph_dataset(cfg: DataConfig, train: bool, renders: GlyphRenders, indices: np.ndarray,
                    stats_indices: np.ndarray, label_map: dict[int, int] | None, subset: bool) -> GlyphDataset:
     images = torch.from_numpy(renders.images)
@@ -195,6 +227,7 @@ def _build_cifar(name: str) -> DatasetBuilder:
 
 
 register_dataset("digits", build_digits)
+register_dataset("digits_fewshot", build_digits_fewshot)
 register_dataset("glyphs", build_glyphs)
 register_dataset("glyphs_fewshot", build_glyphs_fewshot)
 register_dataset("glyphs_novel", build_glyphs_novel)
