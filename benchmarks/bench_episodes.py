@@ -11,12 +11,16 @@ the median wall time over ``--reps`` runs of sampling + scoring, per head, and t
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from vitlab.data.episodes import EpisodeShape, class_members, sample_episodes
+from vitlab.engine.checkpoint import atomic_write_bytes
 from vitlab.evaluation.episodes import HEADS, evaluate_episodes
 
 
@@ -32,6 +36,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
+    parser.add_argument("--out", type=Path, help="also write the timings as JSON here (docs/benchmarks.md prints "
+                        "results/benchmarks/episodes.json with `python experiments/tables.py episodes_speed`)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
@@ -55,9 +61,17 @@ def main() -> None:
     members = class_members(labels)
     sampling = timed(lambda: sample_episodes(members, shape, range(args.episodes), seed=12345))
     print(f"| sampling only | {sampling:.3f} |")
+    heads = {}
     for head in args.heads:
-        seconds = timed(lambda head=head: evaluate_episodes(features, labels, shape, args.episodes, 12345, (head,)))
-        print(f"| {head} (sampling + scoring) | {seconds:.3f} |")
+        heads[head] = timed(lambda head=head: evaluate_episodes(features, labels, shape, args.episodes, 12345, (head,)))
+        print(f"| {head} (sampling + scoring) | {heads[head]:.3f} |")
+    if args.out is not None:
+        record = {"command": "python benchmarks/bench_episodes.py " + " ".join(sys.argv[1:]),
+                  "torch": torch.__version__, "threads": torch.get_num_threads(), "episodes": args.episodes,
+                  "ways": args.ways, "shots": args.shots, "queries": args.queries,
+                  "features": list(features.shape), "reps": args.reps, "sampling_s": sampling, "heads_s": heads}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(json.dumps(record, indent=2).encode(), args.out)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,34 @@ def dualformer_sizes(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def ar_cam_ink(results: list[dict[str, Any]]) -> str:
+    rows = ["| classifier (digits, trained by `experiments/ar_lens.py`) | epochs | test top-1 | grid | "
+            "CAM mass on ink | uniform map | images CAM > uniform | head IoU (nearest / bilinear) | all-ones IoU | "
+            "threshold IoU (τ) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        cam, seg = r["cam_ink"], r["ink_segmentation"]
+        size = r.get("model_kwargs", {}).get("img_size")
+        name = f"`{r['model']}`" + (f" at {size} px" if size else "")
+        rows.append(f"| {name} | {r['epochs']} | {r['test_top1']:.2f} % | {r['grid'][0]}x{r['grid'][1]} | "
+                    f"{cam['cam_share']:.4f} | {cam['uniform_share']:.4f} | "
+                    f"{100 * cam['images_cam_above_uniform']:.1f} % | "
+                    f"{seg['iou_head_nearest']:.3f} / {seg['iou_head_bilinear']:.3f} | {seg['iou_all_ones']:.3f} | "
+                    f"{seg['iou_threshold']:.3f} ({seg['threshold']}) |")
+    return "\n".join(rows)
+
+
+def episodes_speed(results: list[dict[str, Any]]) -> str:
+    r = results[0]
+    names = {"cosine": "cosine prototypes (Meta-Baseline)", "euclidean": "Euclidean prototypes",
+             "logistic": "logistic regression on the support set"}
+    rows = [f"| part ({r['episodes']} episodes of {r['ways']}-way {r['shots']}-shot, {r['queries']} queries; "
+            f"torch {r['torch']}, {r['threads']} threads, median of {r['reps']}) | seconds |", "|---|---|",
+            f"| sampling only | {r['sampling_s']:.3f} |"]
+    rows += [f"| {names.get(h, h)}, sampling + scoring | {s:.3f} |" for h, s in r["heads_s"].items()]
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -80,6 +108,11 @@ TABLES: dict[str, Table] = {
     "iformer_sizes": Table(("iformer/complexity.json",), iformer_sizes, "python experiments/complexity.py iformer"),
     "dualformer_sizes": Table(("dualformer/complexity.json",), dualformer_sizes,
                               "python experiments/complexity.py dualformer"),
+    "ar_cam_ink": Table(("ar/cam_ink.json", "ar/cam_ink_vit_tiny.json"), ar_cam_ink,
+                        "python experiments/ar_lens.py --retrain"),
+    "episodes_speed": Table(("benchmarks/episodes.json",), episodes_speed,
+                            "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
+                            "--out results/benchmarks/episodes.json"),
 }
 
 
