@@ -9,18 +9,10 @@ import pytest
 
 from vitlab.cli import main
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "hat" / "vit_tiny_digits.yaml"
-
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("hat_runs")
-    rc = main(["train", "-c", str(RECIPE), "--set", f"out_dir={out}", "--set", "name=tiny",
-               "--set", "train.max_steps=1", "--set", "train.epochs=1", "--set", "data.img_size=8",
-               "--set", "model.kwargs.img_size=8", "--set", "model.kwargs.depth=1", "--set", "data.batch_size=16",
-               "--set", "data.aug.rand_augment=null", "--set", "train.progress=false"])
-    assert rc == 0
-    return out / "tiny" / "last.ckpt"
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, one_step_checkpoint) -> Path:
+    return one_step_checkpoint("hat/vit_tiny_digits.yaml", tmp_path_factory.mktemp("hat_runs"), 8)
 
 
 def test_analyze_frequency_writes_csv_and_plots(checkpoint: Path, tmp_path: Path) -> None:

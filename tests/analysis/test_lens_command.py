@@ -11,20 +11,12 @@ from PIL import Image
 
 from vitlab.cli import main
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "hat" / "vit_tiny_digits_baseline.yaml"
-
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, one_step_checkpoint) -> Path:
     """A one-step ViT (patch 4 at 16 px: a 4x4 grid) whose head averages its normed tokens: CAM and attention."""
-    out = tmp_path_factory.mktemp("lens_runs")
-    rc = main(["train", "-c", str(RECIPE), "--set", f"out_dir={out}", "--set", "name=tiny",
-               "--set", "train.max_steps=1", "--set", "train.epochs=1", "--set", "data.img_size=16",
-               "--set", "model.kwargs.img_size=16", "--set", "model.kwargs.depth=1", "--set", "data.batch_size=16",
-               "--set", "model.kwargs.global_pool=avg", "--set", "model.kwargs.fc_norm=false",
-               "--set", "data.aug.rand_augment=null", "--set", "train.progress=false"])
-    assert rc == 0
-    return out / "tiny" / "last.ckpt"
+    return one_step_checkpoint("hat/vit_tiny_digits_baseline.yaml", tmp_path_factory.mktemp("lens_runs"), 16,
+                               "model.kwargs.global_pool=avg", "model.kwargs.fc_norm=false")
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +81,11 @@ def test_lens_bad_input_is_one_line_exit_2(checkpoint: Path, images: dict[str, P
     assert not (tmp_path / "o.png").exists()
 
 
-def test_lens_cam_on_a_cls_token_model_is_one_line_exit_2(images: dict[str, Path], tmp_path: Path,
+def test_lens_cam_on_a_cls_token_model_is_one_line_exit_2(images: dict[str, Path], tmp_path: Path, one_step_checkpoint,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "runs"
-    assert main(["train", "-c", str(RECIPE), "--set", f"out_dir={out}", "--set", "name=cls",
-                 "--set", "train.max_steps=1", "--set", "train.epochs=1", "--set", "data.img_size=16",
-                 "--set", "model.kwargs.img_size=16", "--set", "model.kwargs.depth=1", "--set", "data.batch_size=16",
-                 "--set", "data.aug.rand_augment=null", "--set", "train.progress=false"]) == 0
+    ckpt = one_step_checkpoint("hat/vit_tiny_digits_baseline.yaml", tmp_path / "runs", 16)
     capsys.readouterr()
-    rc = main(["lens", "--ckpt", str(out / "cls" / "last.ckpt"), "--image", str(images["jpg"]),
+    rc = main(["lens", "--ckpt", str(ckpt), "--image", str(images["jpg"]),
                "--out", str(tmp_path / "o.png"), "--source", "cam"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "use source 'attention'" in err

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.models import register_vitlab_model
+from vitlab.models.state_dict import state_dict_mismatch
 
 __all__ = [
     "DualFormer",
@@ -714,26 +715,12 @@ def _check_against_model(
     converted: Mapping[str, torch.Tensor], model: nn.Module, source: str, allow_missing: Iterable[str] = ()
 ) -> None:
     """One error listing every missing, unexpected and mis-shaped key."""
-    expected = model.state_dict()
     allowed = set(allow_missing)
-    missing = [k for k in expected if k not in converted and k not in allowed]
-    unexpected = [k for k in converted if k not in expected]
-    misshaped = [
-        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in converted
-        if k in expected and tuple(converted[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        if misshaped:
-            parts.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+    report = state_dict_mismatch(converted, model.state_dict(), allowed.__contains__)
+    if report is not None:
         raise CheckpointConversionError(
             f"{source} does not match {type(model).__name__} (video_size {getattr(model, 'video_size', '?')}, "
-            f"num_classes {getattr(model, 'num_classes', '?')}): " + " | ".join(parts)
+            f"num_classes {getattr(model, 'num_classes', '?')}): " + report
         )
 
 

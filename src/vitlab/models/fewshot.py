@@ -39,6 +39,7 @@ from timm.models.nest import Nest
 from torch import Tensor, nn
 
 from vitlab.models import register_vitlab_model
+from vitlab.models.state_dict import state_dict_mismatch
 
 __all__ = [
     "ConvStem",
@@ -697,18 +698,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
             key = "stem." + key.removeprefix("patch_embed.")
         converted[key] = value
     head = "head."
-    missing = [k for k in target if k not in converted and not k.startswith(head)]
-    unexpected = [k for k in converted if k not in target]
-    shapes = [
-        f"{k} {tuple(converted[k].shape)} vs {tuple(target[k].shape)}"
-        for k in target
-        if k in converted and tuple(converted[k].shape) != tuple(target[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{type(model).__name__} checkpoint does not match: missing {missing or 'none'}; unexpected "
-            f"{unexpected or 'none'}; mis-shaped {shapes or 'none'}"
-        )
+    report = state_dict_mismatch(converted, target, lambda k: k.startswith(head))
+    if report is not None:
+        raise ValueError(f"{type(model).__name__} checkpoint does not match: {report}")
     for key in target:
         if key.startswith(head) and key not in converted:
             converted[key] = target[key]
