@@ -90,7 +90,7 @@ def test_pre_logits_feature_and_auto_fallback() -> None:
 @pytest.mark.parametrize("extra, needle", [
     (["--heads", "knn"], "--heads: unknown head 'knn'"),
     (["--ways", "6"], "5 classes, fewer than the 6 ways"),
-    (["--shots", "1", "--queries", "2000"], "fewer than shots + queries = 2001"),
+    (["--shots", "1", "--queries", "2000"], "images, fewer than shots + queries = 1 + 2000"),
     (["--ci", "z"], "--ci: got 'z'"),
     (["--data", "digits"], None),  # a classification set is fine as a source of classes (10 digits)
 ])
