@@ -19,6 +19,7 @@ The loop is written here from the library's pieces (:func:`~vitlab.methods.sun.s
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,36 @@ from vitlab.demo.sections import demo_section
 
 IMG_SIZE = 32
 BACKBONE = "test_visformer_fs32"
-BACKBONE_KWARGS = {"embed_dim": 32, "stem_dim": 8}  # ~87k parameters: a few epochs fit in the demo's minute
-FULL = {"teacher_epochs": 4, "student_epochs": 4, "episodes": 2000, "per_class": None}
-QUICK = {"teacher_epochs": 1, "student_epochs": 1, "episodes": 100, "per_class": 40}
+BACKBONE_KWARGS: dict[str, Any] = {"embed_dim": 32, "stem_dim": 8}  # ~87k parameters: fits the minute
+
+
+@dataclass(frozen=True)
+class Plan:
+    teacher_epochs: int
+    student_epochs: int
+    episodes: int  # novel-class episodes per shot count
+    per_class: int | None  # base and novel images kept per class (None: all)
+
+
+FULL = Plan(teacher_epochs=4, student_epochs=4, episodes=2000, per_class=None)
+QUICK = Plan(teacher_epochs=1, student_epochs=1, episodes=100, per_class=40)
 LR = 2e-3  # AdamW; higher than the spec's 5e-4 · b/512 so that a handful of epochs learn something (both arms)
 BATCH = 64
+
+
+class _Subset(Dataset[dict[str, Any]]):
+    """The items ``indices`` of a labelled dataset, with its ``targets`` and ``classes`` (what episodes read)."""
+
+    def __init__(self, base: Any, indices: list[int]) -> None:
+        self.base, self.indices = base, indices
+        self.targets = [base.targets[i] for i in indices]
+        self.classes = base.classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.base[self.indices[i]]  # type: ignore[no-any-return]
 
 
 class _TwoViews(Dataset[tuple[Tensor, Tensor, int]]):
@@ -110,20 +136,18 @@ def plot_fewshot_bars(results: dict[str, list[dict[str, Any]]], out_png: Path, t
 
 def run_sun_demo(folder: Path, quick: bool, seed: int = 0) -> dict[str, Any]:
     """Train teacher, SUN student and the supervised baseline; score them on novel episodes. Returns the numbers."""
-    import vitlab
     from vitlab.config import DataConfig
     from vitlab.data import build_dataset, keep_first_per_class
     from vitlab.data.sca import SCAConfig, SpatialConsistentAugmentation
+    from vitlab.evaluation.episodes_command import episodes
     from vitlab.methods.sun import SUNConfig, stage2_loss
 
     plan = QUICK if quick else FULL
-    data = DataConfig(name="digits_fewshot", img_size=IMG_SIZE, channels=3, train_per_class=plan["per_class"])
-    base = build_dataset(data, "base", train=False)
-    novel = build_dataset(data, "novel", train=False)
-    if quick:
-        keep = keep_first_per_class(novel.targets, 40)
-        novel = torch.utils.data.Subset(novel, keep)
-        novel.targets = [novel.dataset.targets[i] for i in keep]  # type: ignore[attr-defined]
+    data = DataConfig(name="digits_fewshot", img_size=IMG_SIZE, channels=3, train_per_class=plan.per_class)
+    base: Any = build_dataset(data, "base", train=False)
+    novel: Any = build_dataset(data, "novel", train=False)
+    if plan.per_class is not None:
+        novel = _Subset(novel, keep_first_per_class(novel.targets, plan.per_class))
     num_classes = len(base.classes)
     mean, std = base.mean, base.std
     sun_cfg = SUNConfig(top_k=2, bg_ratio=0.4, sca=SCAConfig(scale=[0.35, 1.0], hflip=0.0))  # spec §6
@@ -136,7 +160,7 @@ def run_sun_demo(folder: Path, quick: bool, seed: int = 0) -> dict[str, Any]:
 
     torch.manual_seed(seed)
     teacher = _patch_classifier(num_classes, mean, std, local_head=False)
-    teacher_loss = _train(teacher, loader, plan["teacher_epochs"], supervised)
+    teacher_loss = _train(teacher, loader, plan.teacher_epochs, supervised)
     teacher.eval().requires_grad_(False)
 
     def sun(model: Any, teacher_x: Tensor, student_x: Tensor, y: Tensor) -> Tensor:
@@ -144,15 +168,15 @@ def run_sun_demo(folder: Path, quick: bool, seed: int = 0) -> dict[str, Any]:
 
     torch.manual_seed(seed + 1)
     student = _patch_classifier(num_classes, mean, std, local_head=True)  # a new model, not the teacher (pitfall 7)
-    student_loss = _train(student, loader, plan["student_epochs"], sun)
+    student_loss = _train(student, loader, plan.student_epochs, sun)
     torch.manual_seed(seed + 1)
     baseline = _patch_classifier(num_classes, mean, std, local_head=False)
-    baseline_loss = _train(baseline, loader, plan["teacher_epochs"] + plan["student_epochs"], supervised)
+    baseline_loss = _train(baseline, loader, plan.teacher_epochs + plan.student_epochs, supervised)
 
     results = {}
     for name, model in (("supervised only", baseline), ("SUN teacher", teacher), ("SUN student", student)):
-        report = vitlab.episodes(model.backbone, novel, ways=5, shots=(1, 5), queries=15,
-                                 n_episodes=plan["episodes"], seed=12345, heads=("cosine",), feature="gap")
+        report = episodes(model.backbone, novel, ways=5, shots=(1, 5), queries=15,
+                          n_episodes=plan.episodes, seed=12345, heads=("cosine",), feature="gap")
         results[name] = report["results"]
     plot_fewshot_bars(results, folder / "sun_fewshot_ci.png", "digits 5-9, cosine prototypes, 95% CI")
     return {"results": results, "plan": plan, "losses": {"teacher": teacher_loss, "student": student_loss,
@@ -168,12 +192,13 @@ def _demo(folder: Path, quick: bool) -> str:
         by_shot = {r["shots"]: r for r in rs}
         rows.append(f"| {name} | {by_shot[1]['mean']:.1f} ± {by_shot[1]['ci95']:.1f} | "
                     f"{by_shot[5]['mean']:.1f} ± {by_shot[5]['ci95']:.1f} |")
-    total = plan["teacher_epochs"] + plan["student_epochs"]
+    total = plan.teacher_epochs + plan.student_epochs
     return "\n".join([
-        f"A `{BACKBONE}` (width 32, 32 px, 4×4 final map) on the base digits 0-4: a teacher ({plan['teacher_epochs']} epochs), "
-        f"then a new SUN student ({plan['student_epochs']} epochs, CE + 0.5 · patch loss against the teacher's "
+        f"A `{BACKBONE}` (width 32, 32 px, 4×4 final map) on the base digits 0-4: a teacher "
+        f"({plan.teacher_epochs} epochs), "
+        f"then a new SUN student ({plan.student_epochs} epochs, CE + 0.5 · patch loss against the teacher's "
         "top-2 patch labels, 6 of 16 patches background, spatially consistent views), against a supervised-only "
-        f"model trained {total} epochs. Scored on the novel digits 5-9: {plan['episodes']} episodes, 5-way, 15 "
+        f"model trained {total} epochs. Scored on the novel digits 5-9: {plan.episodes} episodes, 5-way, 15 "
         "queries, cosine prototypes on the pooled final map computed once, mean ± 1.96·std/√n (%). No meta-tuning "
         "here; docs/sun.md has the three-stage recipes and the 3-seed glyphs table.",
         "", "| model | 5-way 1-shot (%) | 5-way 5-shot (%) |", "|---|---|---|", *rows, "",
