@@ -40,11 +40,12 @@ class Plan:
     teacher_epochs: int
     student_epochs: int
     episodes: int  # novel-class episodes per shot count
-    per_class: int | None  # base and novel images kept per class (None: all)
+    base_per_class: int | None  # base training images kept per class (None: all)
+    novel_per_class: int | None  # novel images kept per class (None: all)
 
 
-FULL = Plan(teacher_epochs=4, student_epochs=4, episodes=2000, per_class=None)
-QUICK = Plan(teacher_epochs=1, student_epochs=1, episodes=100, per_class=40)
+FULL = Plan(teacher_epochs=4, student_epochs=4, episodes=2000, base_per_class=80, novel_per_class=None)
+QUICK = Plan(teacher_epochs=1, student_epochs=1, episodes=100, base_per_class=40, novel_per_class=40)
 LR = 2e-3  # AdamW; higher than the spec's 5e-4 · b/512 so that a handful of epochs learn something (both arms)
 BATCH = 64
 
@@ -143,11 +144,11 @@ def run_sun_demo(folder: Path, quick: bool, seed: int = 0) -> dict[str, Any]:
     from vitlab.methods.sun import SUNConfig, stage2_loss
 
     plan = QUICK if quick else FULL
-    data = DataConfig(name="digits_fewshot", img_size=IMG_SIZE, channels=3, train_per_class=plan.per_class)
+    data = DataConfig(name="digits_fewshot", img_size=IMG_SIZE, channels=3, train_per_class=plan.base_per_class)
     base: Any = build_dataset(data, "base", train=False)
     novel: Any = build_dataset(data, "novel", train=False)
-    if plan.per_class is not None:
-        novel = _Subset(novel, keep_first_per_class(novel.targets, plan.per_class))
+    if plan.novel_per_class is not None:
+        novel = _Subset(novel, keep_first_per_class(novel.targets, plan.novel_per_class))
     num_classes = len(base.classes)
     mean, std = base.mean, base.std
     sun_cfg = SUNConfig(top_k=2, bg_ratio=0.4, sca=SCAConfig(scale=[0.35, 1.0], hflip=0.0))  # spec §6
@@ -179,7 +180,7 @@ def run_sun_demo(folder: Path, quick: bool, seed: int = 0) -> dict[str, Any]:
                           n_episodes=plan.episodes, seed=12345, heads=("cosine",), feature="gap")
         results[name] = report["results"]
     plot_fewshot_bars(results, folder / "sun_fewshot_ci.png", "digits 5-9, cosine prototypes, 95% CI")
-    return {"results": results, "plan": plan, "losses": {"teacher": teacher_loss, "student": student_loss,
+    return {"results": results, "plan": plan, "base": base, "losses": {"teacher": teacher_loss, "student": student_loss,
                                                          "supervised": baseline_loss}}
 
 
@@ -194,7 +195,8 @@ def _demo(folder: Path, quick: bool) -> str:
                     f"{by_shot[5]['mean']:.1f} ± {by_shot[5]['ci95']:.1f} |")
     total = plan.teacher_epochs + plan.student_epochs
     return "\n".join([
-        f"A `{BACKBONE}` (width 32, 32 px, 4×4 final map) on the base digits 0-4: a teacher "
+        f"A `{BACKBONE}` (width 32, 32 px, 4×4 final map) on {len(out['base'])} images of the base digits 0-4: a "
+        "teacher "
         f"({plan.teacher_epochs} epochs), "
         f"then a new SUN student ({plan.student_epochs} epochs, CE + 0.5 · patch loss against the teacher's "
         "top-2 patch labels, 6 of 16 patches background, spatially consistent views), against a supervised-only "

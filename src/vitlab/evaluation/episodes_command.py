@@ -139,7 +139,7 @@ def _progress(total: int, description: str) -> tuple[Any, Callable[[int], None] 
 def episodes(model: nn.Module | str | Path, dataset: Dataset[dict[str, Any]], ways: int = 5,
              shots: Sequence[int] = (1, 5), queries: int = 15, n_episodes: int = 2000, seed: int = 12345,
              heads: Sequence[str] = ("cosine",), ci: str = "normal", feature: str = "auto", batch_size: int = 256,
-             device: torch.device | str = "cpu", progress: bool = False) -> dict[str, Any]:
+             device: torch.device | str | None = None, progress: bool = False) -> dict[str, Any]:
     """Few-shot accuracy of ``model``'s features on ``dataset``'s classes: mean ± 95% CI per head and shot count.
 
     Args:
@@ -150,6 +150,8 @@ def episodes(model: nn.Module | str | Path, dataset: Dataset[dict[str, Any]], wa
         heads: any of cosine (Meta-Baseline), euclidean (ProtoNet), logistic.
         ci: "normal" (1.96 · std / √n) or "t" (t_{0.975, n−1}: 1.9612 for 2000 episodes).
         feature: "auto", "gap" or "pre_logits" (see the module docstring).
+        device: where the images are embedded (default: the model's device); episodes are scored on the CPU.
+        progress: a progress bar while embedding (on a terminal, for 8 batches or more).
     Returns:
         ``{"feature", "images", "classes", "ways", "queries", "episodes", "seed", "ci", "results": [{"head",
         "ways", "shots", "queries", "episodes", "mean", "ci95"}, ...]}`` with accuracies in %.
@@ -166,6 +168,8 @@ def episodes(model: nn.Module | str | Path, dataset: Dataset[dict[str, Any]], wa
     if not shots:
         raise ValueError("--shots: give at least one shot count")
     _check_source(dataset, ways, shots, queries, source="episodes")
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval().to(device)
     try:
@@ -251,7 +255,7 @@ def run_episodes(args: argparse.Namespace) -> int:
     dataset = build_dataset(data_cfg, split, train=False)
     report = episodes(method.eval_model(), dataset, args.ways, args.shots, args.queries, args.n_episodes,
                       args.episode_seed, args.heads, args.ci, args.feature, cfg.data.eval_batch_size,
-                      progress=True)
+                      device="cuda" if torch.cuda.is_available() else "cpu", progress=True)
     report = {"ckpt": str(args.ckpt), "data": name, "split": split, **report}
     print(f"{name} / {split}: " + format_table(report)[0])
     for line in format_table(report)[1:]:
