@@ -44,7 +44,7 @@ class Plan:
     novel_per_class: int | None  # novel images kept per class (None: all)
 
 
-FULL = Plan(teacher_epochs=4, student_epochs=4, episodes=2000, base_per_class=80, novel_per_class=None)
+FULL = Plan(teacher_epochs=3, student_epochs=3, episodes=2000, base_per_class=60, novel_per_class=None)
 QUICK = Plan(teacher_epochs=1, student_epochs=1, episodes=100, base_per_class=40, novel_per_class=40)
 LR = 2e-3  # AdamW; higher than the spec's 5e-4 · b/512 so that a handful of epochs learn something (both arms)
 BATCH = 64
