@@ -201,7 +201,7 @@ def _demo(folder: Path, quick: bool) -> str:
         f"then a new SUN student ({plan.student_epochs} epochs, CE + 0.5 · patch loss against the teacher's "
         "top-2 patch labels, 6 of 16 patches background, spatially consistent views), against a supervised-only "
         f"model trained {total} epochs. Scored on the novel digits 5-9: {plan.episodes} episodes, 5-way, 15 "
-        "queries, cosine prototypes on the pooled final map computed once, mean ± 1.96·std/√n (%). No meta-tuning "
-        "here; docs/sun.md has the three-stage recipes and the 3-seed glyphs table.",
+        "queries, cosine prototypes on the pooled final map computed once, mean ± 1.96·std/√n (%). One seed, no "
+        "meta-tuning here; docs/sun.md has the three-stage recipes and the 3-seed table.",
         "", "| model | 5-way 1-shot (%) | 5-way 5-shot (%) |", "|---|---|---|", *rows, "",
         "![few-shot accuracy with 95% CI](sun/sun_fewshot_ci.png)"])
