@@ -3,6 +3,7 @@ models, written to results/<method>/complexity.json for ``experiments/tables.py`
 
     python experiments/complexity.py iformer      # the six ImageNet variants and test_iformer (~2 min on one core)
     python experiments/complexity.py dualformer   # DualFormer-T/S/B backbones, one 32x224x224 view (~3 min)
+    python experiments/complexity.py sun          # SUN's 80-px few-shot backbones (64-class head) and the 32-px ones
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ MODELS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                 ("iformer_base_384", {}), ("iformer_large_384", {}), ("test_iformer", {"num_classes": 10})],
     # the papers' convention for video: backbone only (head omitted), one 1x3x32x224x224 view, K400 head for params
     "dualformer": [("dualformer_tiny", {}), ("dualformer_small", {}), ("dualformer_base", {})],
+    # SUN (specs/sun.md §2.6): 80x80 inputs, the 64 miniImageNet base classes; the 32-px variants of the small plan
+    "sun": [("visformer_micro_80", {"num_classes": 64}), ("nest_micro_resembed_80", {"num_classes": 64}),
+            ("lvvit_micro_80", {"num_classes": 64}), ("test_visformer_fs32", {"num_classes": 5}),
+            ("test_nest_fs32", {"num_classes": 5}), ("test_lvvit_fs32", {"num_classes": 5})],
 }
 
 

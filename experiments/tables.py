@@ -97,6 +97,19 @@ def episodes_speed(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+SUN_SPEC_PARAMS = {"visformer_micro_80": "12.53M", "nest_micro_resembed_80": "12.80M", "lvvit_micro_80": "12.60M"}
+
+
+def sun_backbones(results: list[dict[str, Any]]) -> str:
+    rows = ["| backbone | input | backbone params | params with head | spec §2.6 | GFLOPs (fvcore) |",
+            "|---|---|---|---|---|---|"]
+    for r in results[0]["rows"]:
+        size = "×".join(map(str, r["input_size"][1:]))
+        rows.append(f"| `{r['model']}` | {size} | {r['backbone_params']:,} | {r['params']:,} | "
+                    f"{SUN_SPEC_PARAMS.get(r['model'], '—')} | {r['flops'] / 1e9:.4f} |")
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -110,6 +123,7 @@ TABLES: dict[str, Table] = {
                               "python experiments/complexity.py dualformer"),
     "ar_cam_ink": Table(("ar/cam_ink.json", "ar/cam_ink_vit_tiny.json"), ar_cam_ink,
                         "python experiments/ar_lens.py --retrain"),
+    "sun_backbones": Table(("sun/complexity.json",), sun_backbones, "python experiments/complexity.py sun"),
     "episodes_speed": Table(("benchmarks/episodes.json",), episodes_speed,
                             "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
                             "--out results/benchmarks/episodes.json"),

@@ -39,3 +39,18 @@ def test_quick_robust_section_reports_both_methods_under_apgd(tmp_path: Path) ->
             assert abs(value * 16 / 100 - round(value * 16 / 100)) < 0.01, row
         assert float(cells[6].split("/")[0]) <= 8.0 + 1e-6, row
     assert (tmp_path / "robust" / "score_digits" / "last.ckpt").is_file()
+
+
+def test_quick_sun_section_scores_three_models_with_ci_bars(tmp_path: Path) -> None:
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--only", "sun"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "failed" not in report and "5-way 1-shot (%)" in report
+    rows = [line for line in report.splitlines() if line.startswith(("| supervised only", "| SUN teacher",
+                                                                      "| SUN student"))]
+    assert len(rows) == 3
+    for row in rows:
+        for cell in row.split("|")[2:4]:
+            mean, ci = (float(v) for v in cell.split("±"))
+            assert 0.0 <= mean <= 100.0 and 0.0 < ci < 10.0, row  # 100 episodes: a CI of a few points
+    assert (tmp_path / "sun" / "sun_fewshot_ci.png").stat().st_size > 1000
+    assert "![few-shot accuracy with 95% CI](sun/sun_fewshot_ci.png)" in report

@@ -78,6 +78,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.episodes:
+        from vitlab.evaluation.episodes_command import run_episodes
+
+        return run_episodes(args)
     import torch
     from torch.utils.data import DataLoader
 
@@ -199,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--confusion", action="store_true", help="also print the confusion matrix")
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    from vitlab.evaluation.episodes_command import add_episode_arguments
+
+    add_episode_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("export", help="export a checkpoint's model")

@@ -25,6 +25,8 @@ DESCRIPTIVE = {
     "| file | content |",
     "| key | default | meaning (official flag) |",
     "| regime | training set | epochs (HAT epochs) |",
+    "| stage | what it trains | loss | vitlab |",
+    "| data set | splits | layout under `data.root` |",
 }
 
 

@@ -36,8 +36,11 @@ _BLOCK = 250  # episodes scored per block: bounds the (block, ways, shots + quer
 
 @torch.no_grad()
 def embed_dataset(feature_fn: FeatureFn, dataset: Dataset[dict[str, Any]], batch_size: int = 256,
-                  device: torch.device | str = "cpu", num_workers: int = 0) -> tuple[Tensor, Tensor]:
+                  device: torch.device | str = "cpu", num_workers: int = 0,
+                  on_batch: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     """Every image of ``dataset`` through ``feature_fn`` ((B, C, H, W) in [0, 1] -> (B, D)), once, in order.
+
+    ``on_batch(1)`` is called after every batch (a progress bar's advance).
 
     Returns (N, D) float32 features and (N,) int64 labels on the CPU; row i is dataset item i, so the indices of
     :func:`~vitlab.data.episodes.sample_episodes` address it directly.
@@ -47,6 +50,8 @@ def embed_dataset(feature_fn: FeatureFn, dataset: Dataset[dict[str, Any]], batch
     for batch in loader:
         features.append(feature_fn(batch["image"].to(device)).float().cpu())
         labels.append(torch.as_tensor(batch["label"]).long())
+        if on_batch is not None:
+            on_batch(1)
     if not features:
         raise ValueError("embed_dataset: the dataset is empty; expected at least one image")
     return torch.cat(features), torch.cat(labels)
