@@ -115,7 +115,8 @@ def run_row(row: str, seed: int, out: Path, results: Path, scale: float) -> Path
     meta = train_stage(f"{row}_meta_s{seed}", "digits_meta.yaml", out, seed, me,
                        [f"method.init_ckpt={stage2}", f"method.episodes_per_epoch={4 * mb}"])
     epochs.update({"meta_epochs": me, "meta_batches": mb})
-    record = {"script": "experiments/sun_plan.py", "row": row, "seed": seed, "scale": scale, "epochs": epochs,
+    command = f"python experiments/sun_plan.py --seeds 0 1 2 --scale {scale:g}"  # writes every row's file
+    record = {"command": command, "row": row, "seed": seed, "scale": scale, "epochs": epochs,
               "episodes": EPISODES, "episode_seed": SEED, "queries": QUERIES, "head": "cosine", "ci": "t",
               "before_meta": evaluate(stage2), **evaluate(meta), "seconds": round(time.time() - t0, 1)}
     results.mkdir(parents=True, exist_ok=True)

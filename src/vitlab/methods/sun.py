@@ -23,9 +23,9 @@ by ``fs1_acc``.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
