@@ -172,3 +172,33 @@ def test_top_k_must_be_below_the_class_count(teacher: Path, tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"^method\.top_k: got 5, expected fewer than the 5 base classes"):
         _run("digits_sun.yaml", tmp_path, "sun", f"method.teacher_ckpt={teacher}", "method.top_k=5")
     assert SUN.monitor == ("fs1_acc", True)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in Path("recipes/sun").glob("*.yaml")))
+def test_every_sun_recipe_loads_and_validates(recipe: str) -> None:
+    cfg = load_config(f"recipes/sun/{recipe}")
+    assert cfg.method.name in ("sun_teacher", "sun", "meta_baseline")
+    if recipe.startswith(("mini", "tiered")):
+        assert cfg.model.name == "visformer_micro_80" and cfg.data.img_size == 80
+
+
+@pytest.mark.slow  # two 12.5M-parameter builds at 80 px: ~10 s on a free core
+def test_full_scale_recipe_steps_on_a_tiny_mini_imagenet(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for stem, wnids in (("train", ["n01", "n02"]), ("val", ["n03", "n04"]), ("test", ["n05", "n06"])):
+        lines = ["filename,label"]
+        for k, wnid in enumerate(wnids):
+            for i in range(3):
+                name = f"{wnid}{i:08d}.jpg"
+                Image.new("RGB", (84, 84), (40 * k + 20 * i, 90, 200 - 50 * k)).save(tmp_path / "images" / name)
+                lines.append(f"{name},{wnid}")
+        (tmp_path / f"{stem}.csv").write_text("\n".join(lines) + "\n")
+    tiny = [f"data.root={tmp_path}", "data.batch_size=2", "data.num_workers=0", "train.precision=32-true",
+            "method.fewshot.ways=2", "method.fewshot.shots=[1]", "method.fewshot.queries=1",
+            "method.fewshot.episodes=2"]
+    metrics, teacher = _run("mini_teacher.yaml", tmp_path, "teacher", *tiny)
+    assert set(metrics) == {"fs1_acc", "fs1_ci95"}
+    metrics, _ = _run("mini_sun.yaml", tmp_path, "sun", *tiny, f"method.teacher_ckpt={teacher}", "method.top_k=1")
+    assert 0 <= metrics["fs1_acc"] <= 100
