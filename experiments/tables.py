@@ -102,9 +102,8 @@ SUN_ROWS = {"baseline": "Meta-Baseline without SUN (supervised pretraining, same
             "sun_bgf": "SUN: patch labels + background filtration",
             "sun": "SUN: + spatial-consistent augmentation (full)"}
 SUN_SEEDS = (0, 1, 2)
-# the ablation rows ran for seed 0 only in the time the plan had (see docs/sun.md)
-SUN_FILES = tuple(f"sun/{row}_s{seed}.json" for row in ("baseline", "sun") for seed in SUN_SEEDS) + (
-    "sun/sun_patch_s0.json", "sun/sun_bgf_s0.json")
+SUN_FILES = tuple(f"sun/{row}_s{seed}.json" for row in ("baseline", "sun", "sun_patch", "sun_bgf")
+                  for seed in SUN_SEEDS)
 SUN_WRITER = "python experiments/sun_plan.py --seeds 0 1 2 --scale 0.2"
 
 

@@ -30,14 +30,15 @@ def _record(row: str, seed: int, one: float, ci: float) -> dict[str, object]:
 def test_sun_fewshot_prints_rows_and_the_gate(tmp_path: Path) -> None:
     tables = _load("tables")
     (tmp_path / "sun").mkdir()
-    values = {"baseline": (40.0, 41.0, 42.0), "sun": (50.0, 52.0, 54.0), "sun_patch": (45.0,), "sun_bgf": (46.0,)}
+    values = {"baseline": (40.0, 41.0, 42.0), "sun": (50.0, 52.0, 54.0), "sun_patch": (45.0,) * 3,
+              "sun_bgf": (46.0,) * 3}
     for row, accs in values.items():
         for seed, acc in enumerate(accs):
             (tmp_path / "sun" / f"{row}_s{seed}.json").write_text(json.dumps(_record(row, seed, acc, 0.4)))
     lines = tables.render("sun_fewshot", tmp_path).splitlines()
     assert lines[2].startswith("| Meta-Baseline without SUN")
     assert lines[2].endswith("| 0, 1, 2 | 41.00 ± 0.40; 1.00 | 51.00 ± 0.20; 1.00 | 36.00 |")
-    assert lines[3].endswith("| 0 | 45.00 ± 0.40; — | 55.00 ± 0.20; — | 40.00 |")
+    assert lines[3].endswith("| 0, 1, 2 | 45.00 ± 0.40; 0.00 | 55.00 ± 0.20; 0.00 | 40.00 |")
     assert "| 52.00 ± 0.40; 2.00 |" in lines[5]
     assert lines[-1] == "Gate (1-shot): SUN 52.00 − 0.40 = 51.60 vs baseline 41.00 + 0.40 = 41.40: holds."
     for seed in range(3):  # SUN at 41.5 ± 0.4: 41.1 is not above 41.4
