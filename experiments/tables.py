@@ -110,6 +110,55 @@ def sun_backbones(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+SUN_ROWS = {"baseline": "Meta-Baseline without SUN (supervised pretraining, same total epochs)",
+            "sun_patch": "SUN: teacher patch labels (no BGF, no SCA)",
+            "sun_bgf": "SUN: patch labels + background filtration",
+            "sun": "SUN: + spatial-consistent augmentation (full)"}
+SUN_SEEDS = (0, 1, 2)
+SUN_FILES = tuple(f"sun/{row}_s{seed}.json" for row in ("baseline", "sun", "sun_patch", "sun_bgf")
+                  for seed in SUN_SEEDS)
+SUN_WRITER = "python experiments/sun_plan.py --seeds 0 1 2 --scale 0.2"
+
+
+def _seed_stats(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, spread
+
+
+def sun_fewshot(results: list[dict[str, Any]]) -> str:
+    """Per row: mean over its seeds of the 2000-episode accuracy, ± the mean per-seed 95% CI, and the seed std; then
+    the gate of specs/sun.md §6 (SUN's 1-shot mean − CI above the baseline's mean + CI)."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_row.setdefault(r["row"], []).append(r)
+    first = results[0]
+    rows = [f"| row ({first['episodes']} novel episodes, 5-way, {first['queries']} queries, "
+            f"seed {first['episode_seed']}) | seeds | 1-shot % (± CI; seed std) | 5-shot % (± CI; seed std) | "
+            "1-shot before meta-tuning % |", "|---|---|---|---|---|"]
+    summary: dict[str, tuple[float, float]] = {}
+    for row, label in SUN_ROWS.items():
+        runs = sorted(by_row.get(row, []), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        cells = []
+        for shot in ("1shot", "5shot"):
+            mean, spread = _seed_stats([r[shot]["mean"] for r in runs])
+            ci = sum(r[shot]["ci95"] for r in runs) / len(runs)
+            cells.append(f"{mean:.2f} ± {ci:.2f}; " + (f"{spread:.2f}" if len(runs) > 1 else "—"))
+            if shot == "1shot":
+                summary[row] = (mean, ci)
+        before, _ = _seed_stats([r["before_meta"]["1shot"]["mean"] for r in runs])
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        rows.append(f"| {label} | {seeds} | {cells[0]} | {cells[1]} | {before:.2f} |")
+    (sm, sc), (bm, bc) = summary["sun"], summary["baseline"]
+    verdict = "holds" if sm - sc > bm + bc else "does not hold"
+    rows.append("")
+    rows.append(f"Gate (1-shot): SUN {sm:.2f} − {sc:.2f} = {sm - sc:.2f} vs baseline {bm:.2f} + {bc:.2f} = "
+                f"{bm + bc:.2f}: {verdict}.")
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -127,6 +176,7 @@ TABLES: dict[str, Table] = {
     "episodes_speed": Table(("benchmarks/episodes.json",), episodes_speed,
                             "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
                             "--out results/benchmarks/episodes.json"),
+    "sun_fewshot": Table(SUN_FILES, sun_fewshot, SUN_WRITER),
 }
 
 
