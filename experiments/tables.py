@@ -97,6 +97,15 @@ def episodes_speed(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def sun_step(results: list[dict[str, Any]]) -> str:
+    r = results[0]
+    return "\n".join([f"| step (`{r['model']}`, batch {r['batch']} at {r['img_size']} px; torch {r['torch']}, "
+                      f"{r['threads']} threads, median of {r['steps']} alternating steps) | ms | ratio |", "|---|---|---|",
+                      f"| plain supervised (forward, backward, AdamW) | {1e3 * r['plain_s']:.1f} | 1.00 |",
+                      f"| SUN stage 2 (frozen teacher forward, student with local head, BGF targets, backward, AdamW) | "
+                      f"{1e3 * r['sun_s']:.1f} | {r['ratio']:.2f} |"])
+
+
 SUN_SPEC_PARAMS = {"visformer_micro_80": "12.53M", "nest_micro_resembed_80": "12.80M", "lvvit_micro_80": "12.60M"}
 
 
@@ -177,6 +186,8 @@ TABLES: dict[str, Table] = {
                             "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
                             "--out results/benchmarks/episodes.json"),
     "sun_fewshot": Table(SUN_FILES, sun_fewshot, SUN_WRITER),
+    "sun_step": Table(("benchmarks/sun_step.json",), sun_step,
+                      "python benchmarks/bench_sun.py --steps 15 --threads 2 --out results/benchmarks/sun_step.json"),
 }
 
 
