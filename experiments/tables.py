@@ -100,9 +100,11 @@ def episodes_speed(results: list[dict[str, Any]]) -> str:
 def sun_step(results: list[dict[str, Any]]) -> str:
     r = results[0]
     return "\n".join([f"| step (`{r['model']}`, batch {r['batch']} at {r['img_size']} px; torch {r['torch']}, "
-                      f"{r['threads']} threads, median of {r['steps']} alternating steps) | ms | ratio |", "|---|---|---|",
+                      f"{r['threads']} threads, median of {r['steps']} alternating steps) | ms | ratio |",
+                      "|---|---|---|",
                       f"| plain supervised (forward, backward, AdamW) | {1e3 * r['plain_s']:.1f} | 1.00 |",
-                      f"| SUN stage 2 (frozen teacher forward, student with local head, BGF targets, backward, AdamW) | "
+                      "| SUN stage 2 (frozen teacher forward, student with local head, BGF targets, backward, AdamW) "
+                      f"| "
                       f"{1e3 * r['sun_s']:.1f} | {r['ratio']:.2f} |"])
 
 
