@@ -157,6 +157,7 @@ def _register_extra_commands() -> None:
         ("quantize", "vitlab.quant.command", "data-free quantization: clusterq | gdfq | zeroq"),
         ("analyze", "vitlab.analysis.command", "frequency analysis and overlays of a trained model"),
         ("lens", "vitlab.analysis.lens_command", "AR-lens overlay of a checkpoint's CAM / attention map on an image"),
+        ("data", "vitlab.data.command", "the bundled data sets (sizes, classes) and the formats --data-root reads"),
     ):
         try:
             module = importlib.import_module(module_name)

@@ -1,8 +1,9 @@
 """``vitlab attack``: clean and robust accuracy of a model under PGD, APGD or the AutoAttack protocol.
 
-The model is a vitlab checkpoint (``--ckpt``) or a bare state dict loaded into a registered model
-(``--model cifar_resnet18 --weights PATH``). Data: the checkpoint's test split by default, or ``--data NAME``: a vitlab
-data set name, or ``foolbox-cifar10`` (the 20 real CIFAR-10 test images that ship in foolbox's wheel).
+The model is a vitlab checkpoint (``--ckpt``) or any model (``--model path/to/file.py:factory`` or a timm / vitlab
+name, ``--weights`` a state dict, safetensors file or checkpoint; :mod:`vitlab.models.external`). Data: the
+checkpoint's test split by default, or ``--data NAME``: any set ``vitlab data`` lists (``foolbox-mnist`` and the other
+foolbox sets at their own size, converted to the model's ``--input-size``), or your own with ``--data-root``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,11 @@ FOOLBOX_SETS = {f"foolbox-{kind.lower()}": (kind, classes) for kind, classes in 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_argument_group("model")
-    src.add_argument("--ckpt", default=None, help="a vitlab checkpoint (its EMA weights when the run evaluated them)")
-    src.add_argument("--model", default=None, help="a registered model name, with --weights (e.g. cifar_resnet18)")
-    src.add_argument("--weights", default=None, help="a state dict file for --model")
-    src.add_argument("--num-classes", type=int, default=None, help="classes of --model (default: from --data)")
-    src.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean normalised inside --model")
-    src.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std normalised inside --model")
-    parser.add_argument("--data", default=None, help="vitlab data set name or foolbox-cifar10 (default: the ckpt's)")
+    from vitlab.data.catalog import add_data_arguments
+    from vitlab.models.external import add_model_arguments
+
+    add_model_arguments(parser)
+    add_data_arguments(parser, default="the checkpoint's test split")
     parser.add_argument("--attack", required=True, choices=ATTACK_CHOICES)
     parser.add_argument("--norm", default="Linf", help="Linf or L2")
     parser.add_argument("--eps", default=None, help="budget, e.g. 8/255 or 0.031 (default 8/255 Linf, 0.5 L2)")
@@ -48,57 +46,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                     "the checkpoint or weights)")
 
 
-def _vitlab_images(name: str, base: Any, n: int | None) -> tuple[Tensor, Tensor]:
-    import dataclasses
-
-    from vitlab.config import DataConfig
+def _vitlab_images(cfg: Any, n: int | None) -> tuple[Tensor, Tensor]:
     from vitlab.data import build_dataset
     from vitlab.evaluation.robust import collect
 
-    cfg = dataclasses.replace(base, name=name) if base is not None else DataConfig(name=name)
     return collect(build_dataset(cfg, "test", train=False), n)
+
+
+def _to_input_size(x: Tensor, size: tuple[int, int, int] | None) -> Tensor:
+    """Images (N, C, H, W) in [0, 1] as the model's (C', H', W'): grey <-> RGB (luma), bilinear resize."""
+    if size is None:
+        return x
+    c, h, w = size
+    if x.shape[1] == 3 and c == 1:
+        x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    elif x.shape[1] == 1 and c == 3:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != (h, w):
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(0, 1).contiguous()
 
 
 def load_target(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, str]:
     """The model (eval mode) and the points (x in [0, 1], y) the command attacks, and a description of the source."""
-    from vitlab.models.classifier import ImageClassifier
+    from vitlab.data.catalog import data_config
+    from vitlab.models.external import build_outside_model, check_model_choice
 
-    if (args.ckpt is None) == (args.model is None):
-        raise ValueError("give either --ckpt PATH or --model NAME --weights PATH")
-    data_cfg = None
+    check_model_choice(args)
     if args.ckpt is not None:
         from vitlab.engine.checkpoint import load_eval_model, load_run_config
 
         model = load_eval_model(args.ckpt)
-        data_cfg = load_run_config(args.ckpt).data
+        cfg = data_config(args, load_run_config(args.ckpt).data)
+        x, y = _vitlab_images(cfg, args.n)
         source = str(args.ckpt)
     else:
-        import timm
+        if args.data is None:
+            raise ValueError("--data: needed with --model (e.g. foolbox-mnist, digits, image_folder --data-root DIR)")
+        if args.data in FOOLBOX_SETS:  # the images at their own size; the model's --input-size converts them
+            images, y = foolbox_images(FOOLBOX_SETS[args.data][0])
+            x = images.float() / 255.0
+            x, y = (x[: args.n], y[: args.n]) if args.n else (x, y)
+            outside = build_outside_model(args, x.shape[1], x.shape[-1], FOOLBOX_SETS[args.data][1])
+        else:
+            cfg = data_config(args)
+            from vitlab.models.external import parse_input_size
 
-        import vitlab.models  # noqa: F401  (registers vitlab models)
-        from vitlab.models.cifar_resnet import load_state_dict_file
-
-        if args.weights is None:
-            raise ValueError("--model needs --weights PATH (a state dict; nothing is downloaded)")
-        if not timm.is_model(args.model):
-            raise ValueError(f"--model: unknown model {args.model!r} (`vitlab models` lists them)")
-        num_classes = args.num_classes or (FOOLBOX_SETS[args.data][1] if args.data in FOOLBOX_SETS else 10)
-        backbone = timm.create_model(args.model, num_classes=num_classes)
-        load_state_dict_file(backbone, args.weights)
-        if (args.mean is None) != (args.std is None):
-            raise ValueError("--mean and --std go together")
-        model = ImageClassifier(backbone, args.mean, args.std)
-        source = f"{args.model}:{args.weights}"
-    data = args.data
-    if data is None and data_cfg is None:
-        raise ValueError("--data: needed with --model (e.g. foolbox-cifar10, digits)")
-    if data in FOOLBOX_SETS:
-        images, y = foolbox_images(FOOLBOX_SETS[data][0])
-        x = images.float() / 255.0
-        x, y = (x[: args.n], y[: args.n]) if args.n else (x, y)
-    else:
-        x, y = _vitlab_images(data or data_cfg.name, data_cfg, args.n)  # type: ignore[union-attr]
-    check_unit_range(x, f"--data {data or data_cfg.name}")  # type: ignore[union-attr]
+            size = parse_input_size(args.input_size)
+            if size is not None:
+                cfg.channels, cfg.img_size = size[0], size[1]  # type: ignore[assignment]
+            x, y = _vitlab_images(cfg, args.n)
+            outside = build_outside_model(args, x.shape[1], x.shape[-1], int(y.max()) + 1)
+        x = _to_input_size(x, outside.convention.input_size)
+        model, source = outside.model, outside.source
+    check_unit_range(x, f"--data {args.data}")
     return model.eval(), x, y, source
 
 
@@ -135,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
           f"{report['max_perturbation']:.6f})")
     for message in report.get("warnings", []):
         print(f"  warning: {message}")
-    out = Path(args.out) if args.out else Path(args.ckpt or args.weights).with_name(
-        f"attack_{args.attack}_{norm}.json")
+    beside = args.ckpt or args.weights or "."
+    out = Path(args.out) if args.out else Path(beside).with_name(f"attack_{args.attack}_{norm}.json")
     from vitlab.engine.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(json.dumps(report, indent=2).encode(), out)
