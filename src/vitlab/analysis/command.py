@@ -1,6 +1,7 @@
 """``vitlab analyze``: analyses of a trained checkpoint, one sub-command each.
 
-``vitlab analyze frequency --ckpt PATH`` writes, into ``--out`` (default: ``<run folder>/analysis/frequency``):
+``vitlab analyze frequency --ckpt PATH`` (or ``--model file.py:factory --weights W --data NAME``) writes, into
+``--out`` (default: ``<run folder>/analysis/frequency``):
 
 * ``filtered_accuracy.csv`` (radius, filter, top1) and ``filtered_accuracy.png``: top-1 on low-pass and high-pass
   filtered test images over a radius sweep (vitlab spec hat.md §2.6; radius -1 is the clean accuracy);
@@ -24,7 +25,11 @@ ANALYSES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 
 
 def _frequency_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by vitlab train (last.ckpt / best.ckpt)")
+    from vitlab.data.catalog import add_data_arguments
+    from vitlab.models.external import add_model_arguments
+
+    add_model_arguments(p, "a checkpoint written by vitlab train (last.ckpt / best.ckpt)")
+    add_data_arguments(p, default="the checkpoint's; needed with --model")
     p.add_argument("--out", default=None, help="output folder (default: <run folder>/analysis/frequency)")
     p.add_argument("--radii", default=None,
                    help="comma-separated filter radii in frequency bins, e.g. 1,2,4,8 (default: 1,2,4,6,8,12,16 that "
@@ -85,23 +90,26 @@ def run_frequency(args: argparse.Namespace) -> int:
     )
     from vitlab.attacks.threat import parse_eps
     from vitlab.data import build_dataset
-    from vitlab.engine.checkpoint import load_method
+    from vitlab.data.catalog import data_config
     from vitlab.evaluation.robust import collect
+    from vitlab.models.external import method_from_args
 
-    ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--ckpt: {ckpt} not found (a checkpoint written by vitlab train)")
     radii = _parse_radii(args.radii)
     delta_eps = parse_eps(args.delta_eps)
-    method, _ = load_method(ckpt)
+    if args.model is not None and args.data is None:
+        raise ValueError("--data: needed with --model (e.g. digits, foolbox-mnist, image_folder --data-root DIR)")
+    method = method_from_args(args, data_config(args) if args.model is not None else None)
     model = method.eval_model().eval()
     cfg = method.cfg
+    if args.ckpt is not None:
+        cfg.data = data_config(args, cfg.data)
     dataset = build_dataset(cfg.data, args.split, train=False)
     x, y = collect(dataset, args.n)
     if x.dim() != 4:
         raise ValueError(f"analyze frequency: expected images (N, C, H, W), got {tuple(x.shape)} from data.name "
                          f"{cfg.data.name!r}")
-    out = Path(args.out) if args.out else ckpt.parent / "analysis" / "frequency"
+    beside = Path(args.ckpt).parent if args.ckpt else Path(".")
+    out = Path(args.out) if args.out else beside / "analysis" / "frequency"
     out.mkdir(parents=True, exist_ok=True)
     label = f"{cfg.model.name} ({cfg.method.name})"
 

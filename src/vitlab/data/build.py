@@ -196,7 +196,8 @@ def build_glyphs_novel(cfg: DataConfig, split: str, train: bool) -> GlyphDataset
 def build_image_folder(cfg: DataConfig, split: str, train: bool) -> ImageFolderDataset:
     """``image_folder``: ``root/train/<class>/*`` and ``root/val`` or ``root/test``; ImageNet mean / std.
 
-    A folder with none of train / val / test is a test-only set, ``root/<class>/*`` (its splits other than train).
+    A folder with none of train / val / test is a test-only set, ``root/<class>/*`` (its splits other than train;
+    the sorted class folders give the labels, and a class folder may be empty).
     """
     if cfg.root is None:
         raise DataError("data.root: image_folder needs the folder that holds train/ and val/ (or test/)")
@@ -207,7 +208,8 @@ def build_image_folder(cfg: DataConfig, split: str, train: bool) -> ImageFolderD
         train_dir = split_folder(root, "train")
         folder = split_folder(root, split)
     classes = list_classes(train_dir)
-    paths, targets = list_images(folder, classes, require_every_class=folder == train_dir)
+    test_only = folder == train_dir and split != "train"  # a test set may lack some classes
+    paths, targets = list_images(folder, classes, require_every_class=folder == train_dir and not test_only)
     if split == "train" and cfg.train_per_class is not None:
         keep = keep_first_per_class(targets, cfg.train_per_class)
         paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]

@@ -355,14 +355,16 @@ def build_outside_model(args: argparse.Namespace, channels: int | None = None, i
 
     Args:
         channels, img_size: the data's, used when neither the flags nor the model give an input size.
-        num_classes: the data's, for a timm model without ``--num-classes``.
+        num_classes: the data's, for a timm model without ``--num-classes`` (a factory keeps its own default).
     """
     from vitlab.models.classifier import ImageClassifier
 
     model_args = parse_model_args(args.model_args)
     size = parse_input_size(args.input_size)
     in_chans = size[0] if size is not None else channels
-    backbone = create_model(args.model, model_args, args.num_classes or num_classes, in_chans)
+    # a file's factory keeps its own class count unless --num-classes says otherwise; a timm model takes the data's
+    data_classes = None if is_model_file(args.model) else num_classes
+    backbone = create_model(args.model, model_args, args.num_classes or data_classes, in_chans)
     weights_convention = load_weights(backbone, args.weights) if args.weights else None
     convention = input_convention(backbone, args.input_range, args.mean, args.std, args.input_size)
     if weights_convention is not None and convention.mean is None and args.input_range is None:
@@ -423,3 +425,28 @@ def write_outside_checkpoint(method: Any, path: str | Path) -> Path:
     from vitlab.engine.checkpoint import save_checkpoint
 
     return save_checkpoint(path, method.cfg, method.data, method.state_dict())
+
+
+def method_from_args(args: argparse.Namespace, data_cfg: Any = None) -> Any:
+    """The method a command works on: ``--ckpt``'s (:func:`~vitlab.engine.checkpoint.load_method`) or
+    :func:`outside_method` of ``--model`` on ``data_cfg``. Eval mode, on the CPU."""
+    check_model_choice(args)
+    if args.ckpt is not None:
+        from vitlab.engine.checkpoint import load_method
+
+        if not Path(args.ckpt).is_file():
+            raise FileNotFoundError(f"--ckpt: {args.ckpt} not found (a checkpoint written by vitlab train)")
+        method, _ = load_method(args.ckpt)
+        method.source = str(args.ckpt)
+        return method
+    return outside_method(args, data_cfg)
+
+
+def export_outside_checkpoint(args: argparse.Namespace) -> Path:
+    """``vitlab export --model ...``: the model as a vitlab checkpoint ``<--out>/model.ckpt`` (default folder
+    ``<file stem>_export``), which the exporters then read like any run's."""
+    from vitlab.data.catalog import data_config
+
+    method = outside_method(args, data_config(args) if args.data else None)
+    out = Path(args.out) if args.out else Path(f"{method.cfg.name}_export")
+    return write_outside_checkpoint(method, out / "model.ckpt")
