@@ -80,14 +80,25 @@ def hat_delta(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     return step.deltas[-1] * scale.view(view).to(x.dtype)
 
 
+def frequency_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, radii: list[float] | None = None,
+                     batch_size: int = 256, spectrum_n: int = 64, delta_eps: float = 0.0,
+                     num_classes: int | None = None) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+    """What ``vitlab analyze frequency`` measures on images x (N, C, H, W) in [0, 1] and labels y (N,): the rows of
+    :func:`~vitlab.analysis.frequency.filtered_accuracy` and the spectra of the first ``spectrum_n`` images (input,
+    every feature map, and HAT's perturbation when ``delta_eps`` > 0)."""
+    from vitlab.analysis.frequency import filtered_accuracy, relative_log_amplitude, spectra
+
+    rows = filtered_accuracy(model, x, y, radii, batch_size=batch_size)
+    xs, ys = x[:spectrum_n], y[:spectrum_n]
+    curves = spectra(model, xs)
+    if delta_eps > 0:
+        classes = num_classes if num_classes is not None else int(y.max()) + 1
+        curves["delta (HAT)"] = relative_log_amplitude(hat_delta(model, xs, ys, delta_eps, classes))
+    return rows, curves
+
+
 def run_frequency(args: argparse.Namespace) -> int:
-    from vitlab.analysis.frequency import (
-        filtered_accuracy,
-        plot_filtered_accuracy,
-        plot_spectra,
-        relative_log_amplitude,
-        spectra,
-    )
+    from vitlab.analysis.frequency import plot_filtered_accuracy, plot_spectra
     from vitlab.attacks.threat import parse_eps
     from vitlab.data import build_dataset
     from vitlab.data.catalog import data_config
@@ -113,7 +124,8 @@ def run_frequency(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     label = f"{cfg.model.name} ({cfg.method.name})"
 
-    rows = filtered_accuracy(model, x, y, radii, batch_size=args.batch_size)
+    rows, curves = frequency_points(model, x, y, radii, args.batch_size, args.spectrum_n, delta_eps,
+                                    method.data.num_classes)
     with (out / "filtered_accuracy.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["radius", "filter", "top1"])
@@ -125,10 +137,6 @@ def run_frequency(args: argparse.Namespace) -> int:
             writer.writerow([r["radius"], "highpass", f"{r['highpass']:.4f}"])
     plot_filtered_accuracy({label: rows}, out / "filtered_accuracy.png", f"{cfg.data.name} {args.split}")
 
-    xs, ys = x[: args.spectrum_n], y[: args.spectrum_n]
-    curves = spectra(model, xs)
-    if delta_eps > 0:
-        curves["delta (HAT)"] = relative_log_amplitude(hat_delta(model, xs, ys, delta_eps, method.data.num_classes))
     with (out / "spectrum.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["layer", "index", "frequency_pi", "rel_log_amplitude"])

@@ -113,21 +113,10 @@ def run(args: argparse.Namespace) -> int:
     if args.attacks and (args.attack != "autoattack" or args.version != "custom"):
         raise ValueError("--attacks goes with --attack autoattack --version custom")
     model, x, y, source = load_target(args)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    from vitlab.attacks.autoattack import AutoAttackProtocol, output_range_check
-
-    output_range_check(model, x[: args.batch_size].to(device))
-    start = time.perf_counter()
-    if args.attack == "autoattack":
-        protocol = AutoAttackProtocol(model, norm=norm, eps=eps, version=args.version, attacks=args.attacks,
-                                      seed=args.seed, backend=args.backend, batch_size=args.batch_size,
-                                      apgd_steps=args.steps or 100)
-        _, report_obj = protocol.run(x, y)
-        report = report_obj.to_dict()
-    else:
-        report = _single_attack(model, x.to(device), y.to(device), args.attack, norm, eps, args)
-    report.update({"source": source, "attack": args.attack, "seconds_total": time.perf_counter() - start})
+    _, report = attack_points(model, x, y, args.attack, norm, eps, seed=args.seed, steps=args.steps,
+                              version=args.version, attacks=args.attacks, backend=args.backend,
+                              batch_size=args.batch_size)
+    report["source"] = source
     print(f"{source}: {report['n']} points, {norm} eps {eps:.6g}, seed {args.seed}")
     print(f"  clean accuracy          {100 * report['clean_accuracy']:6.2f}%")
     for name, value in report["per_attack"].items():
@@ -145,31 +134,60 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _single_attack(model: nn.Module, x: Tensor, y: Tensor, attack: str, norm: str, eps: float,
-                   args: argparse.Namespace) -> dict[str, Any]:
+def attack_points(model: nn.Module, x: Tensor, y: Tensor, attack: str = "autoattack", norm: str = "Linf",
+                  eps: float = 8 / 255, seed: int = 0, steps: int | None = None, version: str = "standard",
+                  attacks: list[str] | None = None, backend: str = "reference",
+                  batch_size: int = 250) -> tuple[Tensor, dict[str, Any]]:
+    """Attack (x (N, C, H, W) in [0, 1], y (N,)) and report clean / robust accuracy: what ``vitlab attack`` runs.
+
+    Returns the adversarial inputs (N, C, H, W) (on the CPU) and the report (accuracies as fractions, the
+    largest perturbation, seconds, warnings). The model runs on the GPU when there is one; its mode is restored.
+    """
+    if attack not in ATTACK_CHOICES:
+        raise ValueError(f"attack: got {attack!r}, expected one of {', '.join(ATTACK_CHOICES)}")
+    norm = check_norm(norm)
+    check_unit_range(x, "x")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    from vitlab.attacks.autoattack import AutoAttackProtocol, output_range_check
+
+    output_range_check(model, x[:batch_size].to(device))
+    start = time.perf_counter()
+    if attack == "autoattack":
+        protocol = AutoAttackProtocol(model, norm=norm, eps=eps, version=version, attacks=attacks, seed=seed,
+                                      backend=backend, batch_size=batch_size, apgd_steps=steps or 100)
+        x_adv, report_obj = protocol.run(x, y)
+        report = report_obj.to_dict()
+    else:
+        x_adv, report = _single_attack(model, x.to(device), y.to(device), attack, norm, eps, seed, steps, batch_size)
+    report.update({"attack": attack, "seconds_total": time.perf_counter() - start})
+    return x_adv.cpu(), report
+
+
+def _single_attack(model: nn.Module, x: Tensor, y: Tensor, attack: str, norm: str, eps: float, seed: int,
+                   steps: int | None, bs: int) -> tuple[Tensor, dict[str, Any]]:
     from vitlab.attacks.apgd import apgd, apgd_targeted
     from vitlab.attacks.pgd import pgd
 
-    bs = args.batch_size
     adv = []
     start = time.perf_counter()
     for i in range(0, x.shape[0], bs):
         xb, yb = x[i:i + bs], y[i:i + bs]
         if attack == "pgd":
-            steps = args.steps or 20
-            adv.append(pgd(model, xb, yb, eps=eps, norm=norm, steps=steps,
-                           step_size=eps / 4 if norm == "Linf" else 2.5 * eps / steps, seed=args.seed))
+            n_steps = steps or 20
+            adv.append(pgd(model, xb, yb, eps=eps, norm=norm, steps=n_steps,
+                           step_size=eps / 4 if norm == "Linf" else 2.5 * eps / n_steps, seed=seed))
         elif attack == "apgd-ce":
-            adv.append(apgd(model, xb, yb, eps=eps, norm=norm, steps=args.steps or 100, seed=args.seed))
+            adv.append(apgd(model, xb, yb, eps=eps, norm=norm, steps=steps or 100, seed=seed))
         else:
-            adv.append(apgd_targeted(model, xb, yb, eps=eps, norm=norm, steps=args.steps or 100, seed=args.seed))
+            adv.append(apgd_targeted(model, xb, yb, eps=eps, norm=norm, steps=steps or 100, seed=seed))
     x_adv = torch.cat(adv)
     seconds = time.perf_counter() - start
     with torch.no_grad(), model_mode(model, "eval"):
         clean = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs] for i in range(0, x.shape[0], bs)])
         robust = torch.cat([model(x_adv[i:i + bs]).argmax(1) == y[i:i + bs] for i in range(0, x.shape[0], bs)])
     robust &= clean
-    return {"n": int(x.shape[0]), "norm": norm, "eps": eps, "seed": args.seed, "version": attack, "backend": "native",
+    return x_adv, {"n": int(x.shape[0]), "norm": norm, "eps": eps, "seed": seed, "version": attack, "backend": "native",
             "attacks": [attack], "clean_accuracy": float(clean.float().mean()),
             "robust_accuracy": float(robust.float().mean()), "per_attack": {attack: float(robust.float().mean())},
             "seconds": {attack: seconds}, "max_perturbation": max_perturbation(x_adv, x, norm), "warnings": []}

@@ -49,9 +49,22 @@ RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0), "0,255": (0.0, 255.0)}
 MISMATCH_KEYS_SHOWN = 3  # the first mismatched keys named in the error
 
 
+MEMORY_PREFIX = "memory:"
+_IN_MEMORY: dict[str, nn.Module] = {}  # modules the Python API was handed, by their spec
+
+
 def is_model_file(spec: str) -> bool:
-    """Whether ``spec`` names a Python file (``file.py:factory`` or ``file.py``) rather than a registered model."""
-    return spec.endswith(".py") or ".py:" in spec
+    """Whether ``spec`` names a user's model (``file.py:factory``, ``file.py``, or a module the Python API was handed:
+    ``memory:...``) rather than a registered name."""
+    return spec.endswith(".py") or ".py:" in spec or spec.startswith(MEMORY_PREFIX)
+
+
+def register_module(module: nn.Module) -> str:
+    """A spec (``memory:<class>-<id>``) under which :func:`create_model` gives copies of ``module``, in this process
+    only: a checkpoint that names it loads nowhere else (give a ``file.py:factory`` for that)."""
+    spec = f"{MEMORY_PREFIX}{type(module).__name__}-{id(module):x}"
+    _IN_MEMORY[spec] = module
+    return spec
 
 
 def parse_model_args(items: Sequence[str] | str | None, flag: str = "--model-args") -> dict[str, Any]:
@@ -120,6 +133,13 @@ def create_model(spec: str, model_args: dict[str, Any] | None = None, num_classe
     ``model_args`` does not set them.
     """
     kwargs = dict(model_args or {})
+    if spec.startswith(MEMORY_PREFIX):
+        import copy
+
+        if spec not in _IN_MEMORY:
+            raise ConfigError(f"{flag}: {spec} is a module handed to the Python API in another process; rebuild it "
+                              "from a path/to/file.py:factory instead")
+        return copy.deepcopy(_IN_MEMORY[spec])
     if is_model_file(spec):
         factory = load_factory(spec, flag)
         try:
@@ -331,7 +351,7 @@ def check_model_choice(args: argparse.Namespace) -> None:
 
 def absolute_spec(spec: str) -> str:
     """``file.py:factory`` with the file's absolute path (what a checkpoint stores, so it loads from anywhere)."""
-    if not is_model_file(spec) or ".py:" not in spec:
+    if ".py:" not in spec:
         return spec
     path, _, name = spec.rpartition(":")
     return f"{Path(path).expanduser().resolve()}:{name}"
@@ -407,7 +427,9 @@ def outside_method(args: argparse.Namespace, data_cfg: Any = None, classes: Sequ
     std = tuple(conv.std) if conv.std is not None else (1.0,) * c
     if len(mean) == 1 and c == 3:
         mean, std = mean * 3, std * 3
-    cfg = RunConfig(name=Path(outside.spec.rpartition(":")[0] or outside.spec).stem,
+    stem = type(outside.model.model).__name__.lower() if outside.spec.startswith(MEMORY_PREFIX) else \
+        Path(outside.spec.rpartition(":")[0] or outside.spec).stem
+    cfg = RunConfig(name=stem,
                     data=dataclasses.replace(data_cfg, img_size=h, channels=c),
                     model=ModelConfig(name=outside.spec, num_classes=outside.num_classes, in_chans=c,
                                       kwargs=dict(outside.model_args), normalize=normalize),
