@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A LeNet5 from outside the repository through vitlab's commands (issue 20; docs/api.md shows the output).
 #
-#   bash experiments/outside_model.sh > results/outside_model.txt      # about 3 minutes on 2 CPU cores
+#   bash experiments/outside_model.sh > results/outside_model.txt      # about 5 minutes on 2 shared CPU cores
 #
 # examples/lenet5.py is copied to a temporary folder ($DIR), trained briefly on the bundled digits at 28 x 28 (the file
 # as the backbone of `vitlab train`), its weights taken out as a plain state dict, then attacked on foolbox-mnist and
