@@ -124,11 +124,19 @@ def sun_backbones(results: list[dict[str, Any]]) -> str:
 SUN_ROWS = {"baseline": "Meta-Baseline without SUN (supervised pretraining, same total epochs)",
             "sun_patch": "SUN: teacher patch labels (no BGF, no SCA)",
             "sun_bgf": "SUN: patch labels + background filtration",
-            "sun": "SUN: + spatial-consistent augmentation (full)"}
+            "sun": "SUN: + spatial-consistent augmentation (full)",
+            "cnn": "Meta-Baseline with a ResNet-12-like CNN (`test_resnet12_fs32`; pretraining as the baseline)"}
 SUN_SEEDS = (0, 1, 2)
-SUN_FILES = tuple(f"sun/{row}_s{seed}.json" for row in ("baseline", "sun", "sun_patch", "sun_bgf")
-                  for seed in SUN_SEEDS)
+
+
+def _sun_files(folder: str, rows: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{folder}/{row}_s{seed}.json" for row in rows for seed in SUN_SEEDS)
+
+
+SUN_FILES = _sun_files("sun", ("baseline", "sun", "sun_patch", "sun_bgf"))
 SUN_WRITER = "python experiments/sun_plan.py --seeds 0 1 2 --scale 0.2"
+SUN_GLYPHS_FILES = _sun_files("sun/glyphs", ("baseline", "sun"))
+SUN_GLYPHS_WRITER = "python experiments/sun_plan.py --data glyphs --seeds 0 1 2 --scale 0.1"
 
 
 def _seed_stats(values: list[float]) -> tuple[float, float]:
