@@ -167,6 +167,22 @@ def load_word_vectors(path: str | Path, num_attributes: int) -> np.ndarray:
     return array
 
 
+def read_attribute_names(path: str | Path, num_attributes: int) -> list[str]:
+    """Attribute names, one per line (CUB's ``attributes.txt`` "1 has_bill_shape::curved_(up_or_down)" layout: a
+    leading number is dropped); a count that differs from the attribute matrix is a :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found; word_vectors: minilm needs the attribute names, one per line")
+    names = []
+    for line in path.read_text().splitlines():
+        parts = line.strip().split(maxsplit=1)
+        if parts:
+            names.append(parts[1] if len(parts) == 2 and parts[0].isdigit() else line.strip())
+    if len(names) != num_attributes:
+        raise DataError(f"{path}: {len(names)} attribute names, the attribute matrix has {num_attributes}")
+    return names
+
+
 def clean_attribute_name(name: str) -> str:
     """DAZLE's cleaning of an attribute phrase: "has_bill_shape::curved_(up_or_down)" -> "bill shape curved"."""
     text = name.split("(")[0].replace("::", " ").replace("_", " ").strip()
@@ -351,3 +367,34 @@ class CenterCropImages(Dataset):
         except OSError as exc:
             raise DataError(f"{path}: cannot read the image ({exc})") from None
         return {"image": torch.from_numpy(array).permute(2, 0, 1).contiguous()}
+
+
+def write_xlsa17(root: str | Path, class_attributes: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray],
+                 image_files: Sequence[str] = (), class_names: Sequence[str] = (), pooled_dim: int = 2048) -> None:
+    """Write ``res101.mat`` and ``att_splits.mat`` in the xlsa17 layout (the inverse of :func:`load_xlsa17`):
+    ``features`` (pooled_dim, N) zeros, ``labels`` (N, 1) 1-based, ``image_files`` (N, 1) cells; ``att`` /
+    ``original_att`` (A, C), every ``*_loc`` (n, 1) 1-based, ``allclasses_names`` (C, 1) cells. ``splits`` maps
+    "trainval" / "test_seen" / "test_unseen" (and optionally "train" / "val") to 0-based indices. For converting
+    other data to the layout, and for test fixtures."""
+    from scipy.io import savemat
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    n = len(labels)
+    files = list(image_files) or [f"/server/data/images/{i:05d}.jpg" for i in range(n)]
+    names = list(class_names) or [f"class_{c:03d}" for c in range(class_attributes.shape[0])]
+    cells = np.empty((n, 1), dtype=object)
+    for i, f in enumerate(files):
+        cells[i, 0] = np.array([f])
+    savemat(str(root / "res101.mat"), {"features": np.zeros((pooled_dim, n), np.float32),
+                                       "labels": (np.asarray(labels) + 1).reshape(-1, 1).astype(np.float64),
+                                       "image_files": cells})
+    name_cells = np.empty((len(names), 1), dtype=object)
+    for i, name in enumerate(names):
+        name_cells[i, 0] = np.array([name])
+    att = np.asarray(class_attributes, dtype=np.float64).T
+    mat: dict[str, Any] = {"att": att / np.maximum(np.linalg.norm(att, axis=0, keepdims=True), 1e-12),
+                           "original_att": att, "allclasses_names": name_cells}
+    for key, locs in splits.items():
+        mat[f"{key}_loc"] = (np.asarray(locs) + 1).reshape(-1, 1).astype(np.float64)
+    savemat(str(root / "att_splits.mat"), mat)

@@ -39,6 +39,7 @@ from vitlab.data.zsl import (
     load_word_vectors,
     load_xlsa17,
     minilm_word_vectors,
+    read_attribute_names,
 )
 from vitlab.losses.transzero import TransZeroLossWeights, transzero_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
@@ -83,6 +84,7 @@ class TransZeroConfig(MethodConfig):
     features: str = ""  # xlsa17: folder of the region-feature shards
     images: str = ""  # xlsa17: folder the image_files paths are relative to (only to extract features)
     word_vectors: str = ""  # xlsa17: the official <DS>_attribute.pkl, or "minilm"
+    grid: list[int] = field(default_factory=list)  # expected region grid [rows, cols] ([14, 14] at 448 px); [] = any
     legacy_params: bool = False  # also build the official code's dead tensors (checkpoint layout, counts)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
 
@@ -92,6 +94,9 @@ class TransZeroConfig(MethodConfig):
         require(self.dim >= 1 and self.ffn_dim >= 1, "method.dim", "positive widths", (self.dim, self.ffn_dim))
         require(0.0 <= self.dropout < 1.0, "method.dropout", "a value in [0, 1)", self.dropout)
         require(0.0 <= self.alpha <= 1.0, "method.alpha", "a value in [0, 1]", self.alpha)
+        require(len(self.grid) in (0, 2) and all(g >= 1 for g in self.grid), "method.grid",
+                "[] or [rows, cols]", self.grid)
+        require(self.balanced_batch >= 1, "method.balanced_batch", "an integer >= 1", self.balanced_batch)
         for key in ("lambda_sc", "lambda_ar", "lambda_vat", "lambda_f", "lambda_p"):
             require(getattr(self, key) >= 0, f"method.{key}", "a weight >= 0", getattr(self, key))
 
@@ -127,10 +132,8 @@ def _load_zsl(data_name: str, root: str, dataset: str, features: str, images: st
     if not word_vectors:
         raise ConfigError("method.word_vectors: the attribute word-vector file (<DS>_attribute.pkl) or minilm")
     if word_vectors == "minilm":
-        names = splits.attribute_names or []
-        if len(names) != splits.class_attributes.shape[1]:
-            raise ConfigError(f"method.word_vectors: minilm needs the attribute names; put {dataset or 'DS'} "
-                              "attribute names, one per line, in data.root/attributes.txt")
+        names = read_attribute_names(Path(root) / "attributes.txt", splits.class_attributes.shape[1])
+        splits.attribute_names = names
         vectors = minilm_word_vectors([clean_attribute_name(n) for n in names])
     else:
         vectors = load_word_vectors(word_vectors, splits.class_attributes.shape[1])
@@ -179,11 +182,17 @@ def _backbone_weights(path: str) -> dict[str, Tensor]:
 
 
 def load_zsl(cfg: RunConfig) -> ZSLData:
+    """The zero-shot data of a run; region features whose grid differs from ``method.grid`` are a ConfigError."""
     m = cfg.method
     assert isinstance(m, TransZeroConfig)
     e = m.extract
-    return _load_zsl(cfg.data.name, cfg.data.root or "", m.dataset, m.features, m.images, m.word_vectors,
-                     (e.model, e.checkpoint, e.img_size, e.batch_size, e.shard_size))
+    zsl = _load_zsl(cfg.data.name, cfg.data.root or "", m.dataset, m.features, m.images, m.word_vectors,
+                    (e.model, e.checkpoint, e.img_size, e.batch_size, e.shard_size))
+    if m.grid and list(zsl.feature_shape[1:]) != list(m.grid):
+        where = m.features or cfg.data.name
+        raise ConfigError(f"method.grid: the region features {where} have a {zsl.feature_shape[1]}x"
+                          f"{zsl.feature_shape[2]} grid, the model expects {m.grid[0]}x{m.grid[1]}")
+    return zsl
 
 
 class BalancedBatches(Dataset):
