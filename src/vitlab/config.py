@@ -99,7 +99,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw", "sgd"] = "adamw"
+    name: Literal["adamw", "sgd", "adam"] = "adamw"  # adam: L2 added to the gradient (TransZero++'s optimizer)
     lr: float = 1e-3  # peak learning rate (after warm-up), for the global batch
     min_lr: float = 0.0  # final learning rate of the cosine schedule
     weight_decay: float = 0.05
