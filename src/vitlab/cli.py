@@ -135,10 +135,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from vitlab.demo import run_demo
+    from vitlab.demo import run_tour
 
-    report = run_demo(Path(args.out), quick=args.quick, sections=args.only)
-    print(f"wrote {report}")
+    tour = run_tour(Path(args.out), quick=args.quick, sections=args.only)
+    print(f"wrote {tour.report_md} and {tour.report_html}")
+    if tour.failed:
+        print(f"error: demo section(s) failed: {', '.join(tour.failed)} (their errors are in {tour.report_html})",
+              file=sys.stderr)
+        return EXIT_RUN_FAILED
     return 0
 
 

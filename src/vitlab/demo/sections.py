@@ -14,14 +14,19 @@ class DemoSection:
     name: str
     title: str
     run: Callable[[Path, bool], str]  # (section folder, quick) -> Markdown body
+    seconds: float = 60.0  # expected wall time of the full section on 2 CPU cores (drives its progress bar)
 
 
 SECTIONS: list[DemoSection] = []
 
 
-def demo_section(name: str, title: str) -> Callable[[Callable[[Path, bool], str]], Callable[[Path, bool], str]]:
+def demo_section(name: str, title: str, seconds: float = 60.0
+                 ) -> Callable[[Callable[[Path, bool], str]], Callable[[Path, bool], str]]:
+    """Register ``fn(folder, quick) -> Markdown`` as the demo section ``name``; ``seconds`` is its expected wall
+    time on 2 CPU cores (its progress bar)."""
+
     def wrap(fn: Callable[[Path, bool], str]) -> Callable[[Path, bool], str]:
-        SECTIONS.append(DemoSection(name, title, fn))
+        SECTIONS.append(DemoSection(name, title, fn, seconds))
         return fn
 
     return wrap
