@@ -82,22 +82,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from vitlab.evaluation.episodes_command import run_episodes
 
         return run_episodes(args)
+    if args.model is not None:
+        from vitlab.evaluation.classification import run_model_eval
+
+        return run_model_eval(args)
     import torch
     from torch.utils.data import DataLoader
 
     from vitlab.config import apply_overrides, load_config
     from vitlab.data import build_dataset
+    from vitlab.data.catalog import data_config
     from vitlab.engine.checkpoint import load_method
+    from vitlab.models.external import check_model_choice
 
+    check_model_choice(args)
     method, _ = load_method(args.ckpt)
     cfg = method.cfg
     if args.config is not None:
         cfg.data = load_config(args.config, args.set).data
     elif args.set:
         cfg = apply_overrides(cfg, args.set)
-    # the same evaluation sets as training used (methods may add their own, e.g. a k-NN memory bank)
-    datasets = {k: v for k, v in type(method).build_datasets(cfg).items() if k != "train"}
-    if args.split != "test":
+    cfg.data = data_config(args, cfg.data)
+    if args.data is not None:  # another set than the run's: its --split only
+        datasets = {"test": build_dataset(cfg.data, args.split, train=False)}
+    else:  # the same evaluation sets as training used (methods may add their own, e.g. a k-NN memory bank)
+        datasets = {k: v for k, v in type(method).build_datasets(cfg).items() if k != "train"}
+    if args.split != "test" and args.data is None:
         datasets["test"] = build_dataset(cfg.data, args.split, train=False)
     loaders = {k: DataLoader(v, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
                for k, v in datasets.items()}
@@ -120,6 +130,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from vitlab.config import ConfigError
+
+    if args.model is not None:  # any model: written as a vitlab checkpoint first, then exported like one
+        from vitlab.models.external import export_outside_checkpoint
+
+        args.ckpt = str(export_outside_checkpoint(args))
 
     if args.format == "safetensors":
         from vitlab.engine.export import export_safetensors
@@ -161,6 +176,7 @@ def _register_extra_commands() -> None:
         ("quantize", "vitlab.quant.command", "data-free quantization: clusterq | gdfq | zeroq"),
         ("analyze", "vitlab.analysis.command", "frequency analysis and overlays of a trained model"),
         ("lens", "vitlab.analysis.lens_command", "AR-lens overlay of a checkpoint's CAM / attention map on an image"),
+        ("data", "vitlab.data.command", "the bundled data sets (sizes, classes) and the formats --data-root reads"),
     ):
         try:
             module = importlib.import_module(module_name)
@@ -202,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="the metrics of a checkpoint's task")
     p.add_argument("-c", "--config", default=None, help="recipe whose data section to evaluate on (default: the run's)")
-    p.add_argument("--ckpt", required=True)
+    from vitlab.data.catalog import add_data_arguments
+    from vitlab.models.external import add_model_arguments
+
+    add_model_arguments(p)
+    add_data_arguments(p, data_flag=False)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--split", default="test")
     p.add_argument("--confusion", action="store_true", help="also print the confusion matrix")
@@ -212,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_episode_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("export", help="export a checkpoint's model")
-    p.add_argument("--ckpt", required=True)
+    p = sub.add_parser("export", help="export a checkpoint's model (or any model with --model)")
+    add_model_arguments(p)
+    add_data_arguments(p, default="none; with --model --format int8: the calibration images")
     p.add_argument("--format", default="safetensors")
     p.add_argument("--out", default=None, help="output folder (default: <run>/export)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

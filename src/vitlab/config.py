@@ -88,7 +88,7 @@ class DataConfig:
 class ModelConfig:
     """Any timm model, vitlab models included (they register into timm on ``import vitlab``)."""
 
-    name: str = "resnet18"
+    name: str = "resnet18"  # any timm / vitlab name, or a user's path/to/file.py:factory (kwargs are its arguments)
     num_classes: int | None = None  # None: taken from the data set
     in_chans: int | None = None  # None: taken from data.channels
     drop_path_rate: float = 0.0

@@ -4,6 +4,7 @@ Inspired by the image-filter category of the AR survey (Minaee, Liang and Yan, a
 implementation of it. Example::
 
     vitlab lens --ckpt runs/ar_lens_vit/last.ckpt --image photo.jpg --source cam --mode tint --out photo_cam.png
+    vitlab lens --model my_net.py:build --weights my_net.pt --input-size 3,64,64 --image photo.jpg --out cam.png
 
 The image (PNG or JPEG, any size) is resized to ``data.img_size`` × ``data.img_size`` of the checkpoint's config (the
 whole image, aspect not kept, so the map covers all of it; grey when ``data.channels`` is 1) for the model; the map is
@@ -27,7 +28,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Overlay a map of a trained model on an image (an 'AR lens', inspired by the AR survey's "
                      "image-filter category).")
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by vitlab train (last.ckpt / best.ckpt)")
+    from vitlab.models.external import add_model_arguments
+
+    add_model_arguments(p, "a checkpoint written by vitlab train (last.ckpt / best.ckpt)")
     p.add_argument("--image", required=True, nargs="+", help="PNG or JPEG file(s), any size")
     p.add_argument("--out", required=True,
                    help="output .png/.jpg for one image; a folder for several (<stem>_<source>_<mode>.png)")
@@ -105,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
         token_map,
     )
     from vitlab.data.transforms import unit_tensor_to_pil
-    from vitlab.engine.checkpoint import load_method
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha: expected a value in [0, 1], got {args.alpha}")
@@ -123,10 +125,9 @@ def run(args: argparse.Namespace) -> int:
     originals = [read_image(p) for p in images]  # every input checked before any work
     sticker = read_image(Path(args.sticker), "RGBA", "--sticker") if args.sticker else None
     outputs = _outputs(images, Path(args.out), args.source, args.lens or mode)
-    ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--ckpt: {ckpt} not found (a checkpoint written by vitlab train)")
-    method, _ = load_method(ckpt)
+    from vitlab.models.external import method_from_args
+
+    method = method_from_args(args)
     model = method.eval_model().eval()
     size, channels = int(method.cfg.data.img_size), int(method.cfg.data.channels)
 

@@ -216,9 +216,11 @@ def add_episode_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("few-shot episodes (--episodes)")
     g.add_argument("--episodes", action="store_true",
                    help="few-shot episodes on the checkpoint's backbone features instead of the task metrics")
+    from vitlab.data.catalog import data_names_help
+
     g.add_argument("--data", default=None,
                    help="data set of the episodes (default: the checkpoint's few-shot counterpart, e.g. digits -> "
-                        "digits_fewshot)")
+                        "digits_fewshot), and of the metrics of --model; " + data_names_help())
     g.add_argument("--ways", type=int, default=5)
     g.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     g.add_argument("--queries", type=int, default=15)
@@ -233,19 +235,25 @@ def run_episodes(args: argparse.Namespace) -> int:
     """``vitlab eval --ckpt PATH --episodes``: print the table, write the JSON to ``--out`` atomically."""
     from vitlab.config import apply_overrides, load_config
     from vitlab.data import build_dataset
-    from vitlab.engine.checkpoint import atomic_write_bytes, load_method
+    from vitlab.engine.checkpoint import atomic_write_bytes
 
     for head in args.heads:  # before loading anything
         if head not in HEADS:
             raise ValueError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
     if args.ci not in CI_KINDS:
         raise ValueError(f"--ci: got {args.ci!r}, expected one of {', '.join(CI_KINDS)}")
-    method, _ = load_method(args.ckpt)
+    from vitlab.data.catalog import data_config
+    from vitlab.models.external import method_from_args
+
+    if args.model is not None and args.data is None:
+        raise ValueError(f"--data: needed with --model (a few-shot set: {', '.join(FEWSHOT_SETS)}, or any set)")
+    method = method_from_args(args, data_config(args) if args.model is not None else None)
     cfg = method.cfg
     if args.config is not None:
         cfg.data = load_config(args.config, args.set).data
     elif args.set:
         cfg = apply_overrides(cfg, args.set)
+    cfg.data = data_config(args, cfg.data, name=cfg.data.name)
     name = args.data or fewshot_counterpart(cfg.data.name)
     from vitlab.data.build import FEWSHOT_ALIASES
 
@@ -256,7 +264,7 @@ def run_episodes(args: argparse.Namespace) -> int:
     report = episodes(method.eval_model(), dataset, args.ways, args.shots, args.queries, args.n_episodes,
                       args.episode_seed, args.heads, args.ci, args.feature, cfg.data.eval_batch_size,
                       device="cuda" if torch.cuda.is_available() else "cpu", progress=True)
-    report = {"ckpt": str(args.ckpt), "data": name, "split": split, **report}
+    report = {"ckpt": str(args.ckpt or method.source), "data": name, "split": split, **report}
     print(f"{name} / {split}: " + format_table(report)[0])
     for line in format_table(report)[1:]:
         print(line)
