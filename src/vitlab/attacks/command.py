@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from vitlab.attacks.threat import check_norm, check_unit_range, max_perturbation, model_mode, parse_eps
 from vitlab.data.foolbox import FOOLBOX_CLASSES, foolbox_images
 
-ATTACK_CHOICES = ("autoattack", "apgd-ce", "apgd-t", "pgd")
+ATTACK_CHOICES = ("autoattack", "apgd-ce", "apgd-t", "pgd", "exact", "pwws", "genetic", "ascc")  # the last 4: text
 FOOLBOX_SETS = {f"foolbox-{kind.lower()}": (kind, classes) for kind, classes in FOOLBOX_CLASSES.items()}
 
 
@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="autoattack: the official code (pyautoattack) or vitlab's native cascade")
     parser.add_argument("--out", default=None, help="JSON report path (default: attack_<attack>_<norm>.json beside "
                                                     "the checkpoint or weights)")
+    from vitlab.attacks.text import add_text_arguments
+
+    add_text_arguments(parser)
 
 
 def _vitlab_images(cfg: Any, n: int | None) -> tuple[Tensor, Tensor]:
@@ -104,6 +107,12 @@ def load_target(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, st
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitlab.attacks.text import TEXT_ATTACKS
+
+    if args.attack in TEXT_ATTACKS:
+        from vitlab.attacks.text import run_command
+
+        return run_command(args)
     norm = check_norm(args.norm)
     eps = parse_eps(args.eps) if args.eps is not None else (8 / 255 if norm == "Linf" else 0.5)
     if args.n is not None and args.n < 1:
