@@ -2,7 +2,19 @@
 (``method.name`` in a recipe) with :func:`register_method`."""
 
 from vitlab.methods import (  # noqa: F401
-    adversarial, clusterq, gdfq, hat, int8, mugs, rift, score, sun, supervised, transzero, video, zeroq,
+    adversarial,
+    clusterq,
+    gdfq,
+    hat,
+    int8,
+    mugs,
+    rift,
+    score,
+    sun,
+    supervised,
+    transzero,
+    video,
+    zeroq,
 )
 from vitlab.methods.base import METHODS, DataInfo, Method, Progress, StepHelper, build_method, register_method
 
