@@ -14,7 +14,7 @@ final-iteration metrics (CZSL ``acc``, GZSL ``U`` / ``S`` / ``H``, %) and, label
 and best acc over the evaluations (the official scripts' selection on the test set, for comparison only). A row
 whose file exists is skipped, so the plan resumes.
 
-    OMP_NUM_THREADS=1 python experiments/transzero_plan.py --seeds 0 1 2
+    OMP_NUM_THREADS=1 python experiments/transzero_plan.py --seeds 0 1 2 --set train.epochs=50 --set train.eval_every=5
     python experiments/tables.py transzero_digits
 """
 
@@ -47,7 +47,12 @@ def read_evals(metrics_csv: Path) -> list[dict[str, float]]:
     return [by_step[k] for k in sorted(by_step)]
 
 
-def run_row(row: str, seed: int, out: Path, sets: list[str]) -> dict[str, Any]:
+def writer_command(seeds: list[int], sets: list[str]) -> str:
+    """The command that writes every result file of the plan again (rows default to all)."""
+    return " ".join(["python experiments/transzero_plan.py --seeds", *map(str, seeds), *[f"--set {s}" for s in sets]])
+
+
+def run_row(row: str, seed: int, out: Path, sets: list[str], command: str) -> dict[str, Any]:
     name = f"tz_{row}_s{seed}"
     cmd = [sys.executable, "-m", "vitlab", "train", "-c", str(RECIPE), "--set", f"name={name}", "--set",
            f"out_dir={out}", "--set", f"train.seed={seed}", "--set", f"method.branches={ROWS[row]}", "--set",
@@ -59,7 +64,7 @@ def run_row(row: str, seed: int, out: Path, sets: list[str]) -> dict[str, Any]:
     evals = read_evals(out / name / "metrics.csv")
     final = evals[-1]
     best_h = max(evals, key=lambda e: e["H"])
-    return {"row": row, "seed": seed, "branches": ROWS[row], "steps": int(final["step"]),
+    return {"command": command, "row": row, "seed": seed, "branches": ROWS[row], "steps": int(final["step"]),
             "acc": final["acc"], "U": final["U"], "S": final["S"], "H": final["H"],
             "best_on_test_H": best_h["H"], "best_on_test_H_U": best_h["U"], "best_on_test_H_S": best_h["S"],
             "best_on_test_acc": max(e["acc"] for e in evals), "evaluations": len(evals),
@@ -80,7 +85,7 @@ def main() -> None:
             path = RESULTS / f"{row}_s{seed}.json"
             if path.exists():
                 continue
-            result = run_row(row, seed, out, args.set)
+            result = run_row(row, seed, out, args.set, writer_command(args.seeds, args.set))
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
             os.replace(tmp, path)

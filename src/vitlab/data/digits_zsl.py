@@ -99,9 +99,9 @@ class DigitsRegionCNN(nn.Module):
         return self.head(self.feature_map(x).mean(dim=(2, 3)))
 
 
-def train_region_backbone(images: Tensor, labels: Tensor) -> DigitsRegionCNN:
+def train_region_backbone(images: Tensor, labels: Tensor, epochs: int | None = None) -> DigitsRegionCNN:
     """Supervised training on the seen classes only (labels are seen digit ids), seeded; returned in eval mode."""
-    cfg = BACKBONE
+    cfg = {**BACKBONE, **({"epochs": epochs} if epochs is not None else {})}
     generator = torch.Generator().manual_seed(int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
     model = DigitsRegionCNN(int(cfg["channels"]))
@@ -129,17 +129,20 @@ class _Images(torch.utils.data.Dataset):
         return {"image": self.images[index]}
 
 
-def digits_zsl_features(folder: str | Path | None = None) -> RegionFeatures:
+def digits_zsl_features(folder: str | Path | None = None, backbone_epochs: int | None = None) -> RegionFeatures:
     """The region features of every digits_zsl image (N, 128, 4, 4), extracted once into the data cache (or
-    ``folder``) by a backbone trained on the seen classes; a rerun reads the shards back."""
+    ``folder``) by a backbone trained on the seen classes (``backbone_epochs`` overrides its 8 epochs, e.g. for a
+    quick demo); a rerun reads the shards back."""
     params = {"version": BACKBONE_VERSION, **BACKBONE, "seen": list(SEEN_DIGITS)}
+    if backbone_epochs is not None:
+        params["epochs"] = backbone_epochs
     out = Path(folder) if folder is not None else cache_dir() / f"digits_zsl_regions-{cache_key(params)}"
     if (out / "meta.json").is_file():
         return RegionFeatures(out)
     splits, images = digits_zsl_splits()
     with torch.random.fork_rng():
         train = torch.as_tensor(splits.trainval)
-        backbone = train_region_backbone(images[train], torch.as_tensor(splits.labels)[train])
+        backbone = train_region_backbone(images[train], torch.as_tensor(splits.labels)[train], int(params["epochs"]))
     extract_region_features(backbone.feature_map, _Images(images), out, batch_size=256, shard_size=4096,
                             source=params)
     return RegionFeatures(out)
