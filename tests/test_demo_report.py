@@ -59,7 +59,7 @@ def test_html_inlines_images_and_renders_the_markdown_subset(tmp_path: Path) -> 
                      '<section class="demo-section" id="section-good" data-section="good" data-status="ok">'):
         assert fragment in page, fragment
     markdown = render_markdown(results)
-    assert "## A good section" in markdown and "| [good](#section-good) | ok | 3 |" in markdown
+    assert "## A good section" in markdown and "| [good](#section-good) | ok | 3 | - |" in markdown
 
 
 def test_a_failing_section_is_reported_and_the_others_still_run(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]

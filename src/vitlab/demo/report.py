@@ -44,6 +44,7 @@ class SectionResult:
     body: str
     seconds: float
     error: str | None = None  # the exception's one-line summary when the section failed
+    cpu_seconds: float | None = None  # CPU time of the process during the section (all threads)
 
     @property
     def status(self) -> str:
@@ -51,12 +52,14 @@ class SectionResult:
 
 
 def _summary_rows(results: list[SectionResult]) -> list[str]:
-    rows = ["| section | status | time (s) |", "|---|---|---|"]
+    rows = ["| section | status | time (s) | CPU time (s) |", "|---|---|---|---|"]
     for r in results:
         status = "ok" if r.error is None else f"**FAILED**: {r.error.replace('|', '/')}"
-        rows.append(f"| [{r.name}](#section-{r.name}) | {status} | {r.seconds:.0f} |")
-    total = sum(r.seconds for r in results)
-    rows.append(f"| total | {sum(r.error is None for r in results)} of {len(results)} ok | {total:.0f} |")
+        cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.0f}"
+        rows.append(f"| [{r.name}](#section-{r.name}) | {status} | {r.seconds:.0f} | {cpu} |")
+    total, cpu_total = sum(r.seconds for r in results), sum(r.cpu_seconds or 0.0 for r in results)
+    rows.append(f"| total | {sum(r.error is None for r in results)} of {len(results)} ok | {total:.0f} | "
+                f"{cpu_total:.0f} |")
     return rows
 
 
