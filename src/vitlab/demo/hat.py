@@ -36,7 +36,7 @@ def _hat_demo(folder: Path, quick: bool) -> str:
         t0 = time.time()
         metrics = train(cfg, overwrite=True)
         seconds = time.time() - t0
-        if x is None:
+        if x is None or y is None:
             x, y = collect(build_dataset(cfg.data, "test", train=False), 64 if quick else None)
         curves[label] = filtered_accuracy(load_eval_model(cfg.run_dir / "last.ckpt"), x, y, radii)
         rows.append((label, metrics["top1"], seconds))
