@@ -57,3 +57,14 @@ def test_missing_checkpoint_is_a_one_line_error(photos_script, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert photos_script.main(["--ckpt", str(tmp_path / "none.ckpt"), "--out-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --ckpt {tmp_path / 'none.ckpt'} not found"
+
+
+def test_docs_show_the_committed_runs(photos_script, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/ar.md holds exactly what `python experiments/ar_lens_photos.py --show` prints from the committed JSON."""
+    assert photos_script.main(["--show"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    docs = (ROOT / "docs" / "ar.md").read_text()
+    assert len(printed) == 1 + 2 * len(photos_script.LENSES)
+    block = "\n".join(f"    {line}" for line in printed)
+    assert block in docs
+    assert "`python experiments/ar_lens_photos.py --show`" in docs
