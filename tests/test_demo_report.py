@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_html_inlines_images_and_renders_the_markdown_subset(tmp_path: Path) -> 
                      '<section class="demo-section" id="section-good" data-section="good" data-status="ok">'):
         assert fragment in page, fragment
     markdown = render_markdown(results)
-    assert "## A good section" in markdown and "| [good](#section-good) | ok | 3 |" in markdown
+    assert "## A good section" in markdown and "| [good](#section-good) | ok | 3 | - |" in markdown
 
 
 def test_a_failing_section_is_reported_and_the_others_still_run(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -74,6 +75,10 @@ def test_a_failing_section_is_reported_and_the_others_still_run(tmp_path: Path, 
     assert "| [broken](#section-broken) | **FAILED**: RuntimeError: the broken section's message |" in report
     assert 'data-section="broken" data-status="failed"' in page and page.count('data-status="ok"') == 2
     assert "the broken section&#x27;s message" in page or "the broken section's message" in page
+    timings = json.loads((tmp_path / "report.json").read_text())
+    assert [(t["name"], t["status"]) for t in timings["sections"]] == [("first", "ok"), ("broken", "failed"),
+                                                                      ("good", "ok")]
+    assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in timings["sections"])
 
 
 def test_a_missing_image_fails_its_section(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

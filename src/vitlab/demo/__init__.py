@@ -68,18 +68,20 @@ def _missing_images(body: str, out: Path) -> list[str]:
 def _run_section(section: DemoSection, out: Path, quick: bool) -> SectionResult:
     folder = out / section.name
     folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     try:
         body = section.run(folder, quick)
         missing = _missing_images(body, out)
         if missing:
             raise FileNotFoundError(f"section {section.name} names image(s) it did not write: {', '.join(missing)}")
-        return SectionResult(section.name, section.title, body, time.time() - t0)
+        return SectionResult(section.name, section.title, body, time.time() - t0,
+                             cpu_seconds=time.process_time() - cpu0)
     except Exception as exc:
         seconds = time.time() - t0
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
         body = ("<p class=\"failed\">This section failed.</p>\n\n```\n" + traceback.format_exc(limit=8) + "```\n")
-        return SectionResult(section.name, section.title, body, seconds, error=error)
+        return SectionResult(section.name, section.title, body, seconds, error=error,
+                             cpu_seconds=time.process_time() - cpu0)
 
 
 def run_tour(out: Path, quick: bool = False, sections: list[str] | None = None) -> TourResult:

@@ -44,6 +44,7 @@ class SectionResult:
     body: str
     seconds: float
     error: str | None = None  # the exception's one-line summary when the section failed
+    cpu_seconds: float | None = None  # CPU time of the process during the section (all threads)
 
     @property
     def status(self) -> str:
@@ -51,12 +52,14 @@ class SectionResult:
 
 
 def _summary_rows(results: list[SectionResult]) -> list[str]:
-    rows = ["| section | status | time (s) |", "|---|---|---|"]
+    rows = ["| section | status | time (s) | CPU time (s) |", "|---|---|---|---|"]
     for r in results:
         status = "ok" if r.error is None else f"**FAILED**: {r.error.replace('|', '/')}"
-        rows.append(f"| [{r.name}](#section-{r.name}) | {status} | {r.seconds:.0f} |")
-    total = sum(r.seconds for r in results)
-    rows.append(f"| total | {sum(r.error is None for r in results)} of {len(results)} ok | {total:.0f} |")
+        cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.0f}"
+        rows.append(f"| [{r.name}](#section-{r.name}) | {status} | {r.seconds:.0f} | {cpu} |")
+    total, cpu_total = sum(r.seconds for r in results), sum(r.cpu_seconds or 0.0 for r in results)
+    rows.append(f"| total | {sum(r.error is None for r in results)} of {len(results)} ok | {total:.0f} | "
+                f"{cpu_total:.0f} |")
     return rows
 
 
@@ -119,11 +122,28 @@ def render_html(results: list[SectionResult], base: Path) -> tuple[str, list[str
     return page, missing
 
 
+def timings(results: list[SectionResult]) -> dict[str, Any]:
+    """``report.json``: every section's status, wall and CPU seconds, with the machine's load and torch's threads."""
+    import os
+
+    import torch
+
+    return {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+            "sections": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1),
+                          "cpu_seconds": None if r.cpu_seconds is None else round(r.cpu_seconds, 1),
+                          "error": r.error} for r in results]}
+
+
 def write_report(out: Path, results: list[SectionResult]) -> tuple[Path, Path, list[str]]:
-    """Write ``out/report.md`` and ``out/report.html`` atomically; returns both paths and the missing images."""
+    """Write ``out/report.md``, ``out/report.html`` and ``out/report.json`` (:func:`timings`) atomically; returns the
+    first two paths and the missing images."""
+    import json
+
     md_path, html_path = out / "report.md", out / "report.html"
     page, missing = render_html(results, out)
-    for path, text in ((md_path, render_markdown(results)), (html_path, page)):
+    for path, text in ((md_path, render_markdown(results)), (html_path, page),
+                       (out / "report.json", json.dumps(timings(results), indent=2) + "\n")):
         atomic_write_bytes(text.encode(), path)
         path.chmod(0o644)  # readable like any other file of the run (the temporary file was private)
     return md_path, html_path, missing

@@ -66,3 +66,32 @@ def plot_training_curves(run_dir: Path, out_png: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+
+
+def plot_compared_runs(runs: dict[str, Path], out_png: Path, title: str) -> None:
+    """Training loss (left) and evaluation top-1 (right) against steps for several runs, from their metrics.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitlab.engine.logging import read_metrics
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for label, run_dir in runs.items():
+        rows = read_metrics(run_dir)
+        loss = [(r["step"], r["value"]) for r in rows if r["phase"] == "train" and r["name"] == "loss"]
+        acc = [(r["step"], r["value"]) for r in rows if r["phase"] == "eval" and r["name"] == "top1"]
+        if loss:
+            ax_loss.plot(*zip(*loss), label=label)
+        if acc:
+            ax_acc.plot(*zip(*acc), "o-", label=label)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("train loss")
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("test top-1 (%)")
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
