@@ -69,6 +69,14 @@ class VideoConfig:
 
 
 @dataclass
+class GlyphsConfig:
+    """The ``glyphs`` sets' renders and font split; the defaults are the recorded sets (every figure in docs/)."""
+
+    render_seed: int = 0  # 0: the recorded renders; another value re-draws every render's size, shift and rotation
+    test_fonts: list[str] | None = None  # the held-out fonts of glyphs / glyphs_novel; null: the recorded four
+
+
+@dataclass
 class DataConfig:
     """Which data set, where, and how it is loaded. Images come out in [0, 1]; normalisation lives in the model."""
 
@@ -82,6 +90,7 @@ class DataConfig:
     num_workers: int = 0
     aug: AugConfig = field(default_factory=AugConfig)
     video: VideoConfig = field(default_factory=VideoConfig)  # video sets only
+    glyphs: GlyphsConfig = field(default_factory=GlyphsConfig)  # glyphs sets only
 
 
 @dataclass

@@ -154,9 +154,9 @@ def build_glyphs(cfg: DataConfig, split: str, train: bool) -> GlyphDataset:
 
     ``fonts`` holds the font name of every image.
     """
-    renders = load_glyph_renders()
-    indices = classification_indices(renders, split)
-    train_indices = classification_indices(renders, "train")
+    renders = load_glyph_renders(cfg.glyphs.render_seed)
+    indices = classification_indices(renders, split, cfg.glyphs.test_fonts)
+    train_indices = classification_indices(renders, "train", cfg.glyphs.test_fonts)
     return _glyph_dataset(cfg, train, renders, indices, train_indices, None, split == "train")
 
 
@@ -171,7 +171,7 @@ def build_glyphs_fewshot(cfg: DataConfig, split: str, train: bool) -> GlyphDatas
     if split not in splits:
         raise DataError(f"glyphs_fewshot: unknown split {split!r} (allowed: base, val, novel; train = base, "
                         "test = novel)")
-    renders = load_glyph_renders()
+    renders = load_glyph_renders(cfg.glyphs.render_seed)
     chosen = splits[split]
     indices = np.flatnonzero(np.isin(renders.labels, chosen))
     base_indices = np.flatnonzero(np.isin(renders.labels, splits["base"]))
@@ -184,9 +184,9 @@ def build_glyphs_novel(cfg: DataConfig, split: str, train: bool) -> GlyphDataset
     on classes a model never saw, e.g. after self-supervised pretraining on the base classes)."""
     if split not in ("train", "test"):
         raise DataError(f"glyphs_novel: unknown split {split!r} (allowed: train, test)")
-    renders = load_glyph_renders()
+    renders = load_glyph_renders(cfg.glyphs.render_seed)
     classes = fewshot_classes()
-    indices = classification_indices(renders, split)
+    indices = classification_indices(renders, split, cfg.glyphs.test_fonts)
     indices = indices[np.isin(renders.labels[indices], classes["novel"])]
     base_indices = np.flatnonzero(np.isin(renders.labels, classes["base"]))
     label_map = {label: k for k, label in enumerate(classes["novel"])}
