@@ -51,7 +51,8 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
     clean_acc = float((pred == test["label"]).float().mean())
     exact = attack_text_model(model, {k: v[: args.n_exact] for k, v in test.items()}, "exact", unk)
     del clean
-    return {"method": method, "seed": seed, "recipe": f"recipes/rift/{RECIPES[method]}.yaml", "overrides": overrides,
+    return {"command": "python experiments/rift_plan.py --seeds 0 1 2 --steps 40 --n-exact 80",
+            "method": method, "seed": seed, "recipe": f"recipes/rift/{RECIPES[method]}.yaml", "overrides": overrides,
             "steps": args.steps, "batch": cfg.data.batch_size * 2, "train_seconds": train_s,
             "clean_accuracy": clean_acc, "n_test": int(len(test["label"])),
             "exact_clean_accuracy": exact["clean_accuracy"], "exact_robust_accuracy": exact["robust_accuracy"],

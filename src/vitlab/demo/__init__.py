@@ -16,7 +16,7 @@ from vitlab.demo.sections import SECTIONS, DemoSection, demo_section, plot_train
 __all__ = ["SECTIONS", "SECTION_MODULES", "DemoSection", "demo_section", "load_sections", "plot_training_curves",
            "recipe_path", "run_demo"]
 
-SECTION_MODULES = ("supervised", "iformer", "robust", "hat", "video", "clusterq", "mugs", "sun")
+SECTION_MODULES = ("supervised", "iformer", "robust", "hat", "video", "clusterq", "mugs", "sun", "rift")
 
 
 def load_sections() -> list[DemoSection]:
