@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from vitlab.attacks.threat import check_norm, check_unit_range, max_perturbation, model_mode, parse_eps
 from vitlab.data.foolbox import FOOLBOX_CLASSES, foolbox_images
+from vitlab.errors import ConfigError
 
 ATTACK_CHOICES = ("autoattack", "apgd-ce", "apgd-t", "pgd")
 FOOLBOX_SETS = {f"foolbox-{kind.lower()}": (kind, classes) for kind, classes in FOOLBOX_CLASSES.items()}
@@ -64,7 +65,7 @@ def load_target(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, st
     from vitlab.models.classifier import ImageClassifier
 
     if (args.ckpt is None) == (args.model is None):
-        raise ValueError("give either --ckpt PATH or --model NAME --weights PATH")
+        raise ConfigError("give either --ckpt PATH or --model NAME --weights PATH")
     data_cfg = None
     if args.ckpt is not None:
         from vitlab.engine.checkpoint import load_eval_model, load_run_config
@@ -79,19 +80,19 @@ def load_target(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, st
         from vitlab.models.cifar_resnet import load_state_dict_file
 
         if args.weights is None:
-            raise ValueError("--model needs --weights PATH (a state dict; nothing is downloaded)")
+            raise ConfigError("--model needs --weights PATH (a state dict; nothing is downloaded)")
         if not timm.is_model(args.model):
-            raise ValueError(f"--model: unknown model {args.model!r} (`vitlab models` lists them)")
+            raise ConfigError(f"--model: unknown model {args.model!r} (`vitlab models` lists them)")
         num_classes = args.num_classes or (FOOLBOX_SETS[args.data][1] if args.data in FOOLBOX_SETS else 10)
         backbone = timm.create_model(args.model, num_classes=num_classes)
         load_state_dict_file(backbone, args.weights)
         if (args.mean is None) != (args.std is None):
-            raise ValueError("--mean and --std go together")
+            raise ConfigError("--mean and --std go together")
         model = ImageClassifier(backbone, args.mean, args.std)
         source = f"{args.model}:{args.weights}"
     data = args.data
     if data is None and data_cfg is None:
-        raise ValueError("--data: needed with --model (e.g. foolbox-cifar10, digits)")
+        raise ConfigError("--data: needed with --model (e.g. foolbox-cifar10, digits)")
     if data in FOOLBOX_SETS:
         images, y = foolbox_images(FOOLBOX_SETS[data][0])
         x = images.float() / 255.0
@@ -106,11 +107,11 @@ def run(args: argparse.Namespace) -> int:
     norm = check_norm(args.norm)
     eps = parse_eps(args.eps) if args.eps is not None else (8 / 255 if norm == "Linf" else 0.5)
     if args.n is not None and args.n < 1:
-        raise ValueError(f"--n: got {args.n}, expected a number of points >= 1")
+        raise ConfigError(f"--n: got {args.n}, expected a number of points >= 1")
     if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps: got {args.steps}, expected >= 1")
+        raise ConfigError(f"--steps: got {args.steps}, expected >= 1")
     if args.attacks and (args.attack != "autoattack" or args.version != "custom"):
-        raise ValueError("--attacks goes with --attack autoattack --version custom")
+        raise ConfigError("--attacks goes with --attack autoattack --version custom")
     model, x, y, source = load_target(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from vitlab.demo.sections import SECTIONS, DemoSection, demo_section, plot_training_curves, recipe_path
+from vitlab.errors import ConfigError
 
 __all__ = ["SECTIONS", "SECTION_MODULES", "DemoSection", "demo_section", "load_sections", "plot_training_curves",
            "recipe_path", "run_demo"]
@@ -34,7 +35,7 @@ def run_demo(out: Path, quick: bool = False, sections: list[str] | None = None) 
     if sections:
         unknown = [s for s in sections if s not in known]
         if unknown:
-            raise ValueError(f"--only: unknown section(s) {unknown} (available: {', '.join(known)})")
+            raise ConfigError(f"--only: unknown section(s) {unknown} (available: {', '.join(known)})")
     out.mkdir(parents=True, exist_ok=True)
     parts = ["# vitlab demo\n", "Every section trains on bundled data, offline, on this machine.\n"]
     for section in sections_in_order:
