@@ -302,9 +302,10 @@ def test_only_rank_0_prints_and_every_rank_exits_2(ws: Path, capsys: pytest.Capt
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["train", "-c", "{ws}/recipes/empty.yaml"], "empty.yaml: the file is empty"),
-    (["eval", "--ckpt", "{ws}/good.ckpt", "--out", "{ro}/metrics.json"], "cannot be written"),
-], ids=["empty-recipe", "eval-out-read-only"])
+    pytest.param(["train", "-c", "{ws}/recipes/empty.yaml"], "empty.yaml: the file is empty", id="empty-recipe"),
+    pytest.param(["eval", "--ckpt", "{ws}/good.ckpt", "--out", "{ro}/metrics.json"], "cannot be written",
+                 id="eval-out-read-only", marks=pytest.mark.slow),
+])
 def test_as_a_real_process(ws: Path, argv: list[str], needle: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     env.pop("VITLAB_DEBUG", None)
