@@ -94,6 +94,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "unknown_data_key.yaml": "data:\n  nmae: digits\n", "wrong_type.yaml": "train:\n  epochs: many\n",
         "method_scalar.yaml": "method: 3\n", "section_scalar.yaml": "optim: 5\n",
         "bad_choice.yaml": "optim:\n  name: adamax\n", "negative_lr.yaml": "optim:\n  lr: -0.1\n",
+        "python_tag.yaml": f'name: !!python/object/apply:os.system ["touch {ws / 'PWNED'}"]\n',
     }.items():
         (recipes / name).write_text(text)
     (recipes / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01data")
@@ -173,6 +174,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("recipe-section-scalar", ["train", "-c", "{ws}/recipes/section_scalar.yaml"], "optim"),
     ("recipe-bad-choice", ["train", "-c", "{ws}/recipes/bad_choice.yaml"], "optim.name"),
     ("recipe-negative-lr", ["train", "-c", "{ws}/recipes/negative_lr.yaml"], "optim.lr"),
+    ("recipe-python-tag", ["train", "-c", "{ws}/recipes/python_tag.yaml"], "python_tag.yaml"),
     # ---- run folders, resume and output paths
     ("run-exists", _train("name=existing"), "already holds last.ckpt"),
     ("resume-nothing", _train("name=fresh") + ["--resume"], "fresh/last.ckpt"),
