@@ -94,7 +94,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "unknown_data_key.yaml": "data:\n  nmae: digits\n", "wrong_type.yaml": "train:\n  epochs: many\n",
         "method_scalar.yaml": "method: 3\n", "section_scalar.yaml": "optim: 5\n",
         "bad_choice.yaml": "optim:\n  name: adamax\n", "negative_lr.yaml": "optim:\n  lr: -0.1\n",
-        "python_tag.yaml": f'name: !!python/object/apply:os.system ["touch {ws / 'PWNED'}"]\n',
+        "python_tag.yaml": 'name: !!python/object/apply:os.system ["touch ' + str(ws / "PWNED") + '"]\n',
     }.items():
         (recipes / name).write_text(text)
     (recipes / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01data")
