@@ -35,6 +35,7 @@ from torch.utils.data import Dataset, Subset
 
 from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.data.sca import SCAConfig
+from vitlab.errors import CheckpointError
 from vitlab.losses.sun import PatchReduction, PatchTarget, background_count, patch_targets, sun_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
 from vitlab.methods.supervised import Supervised, SupervisedConfig
@@ -142,8 +143,8 @@ class PatchClassifier(nn.Module):
 def check_teacher(teacher: PatchClassifier, num_classes: int, source: str = "sun.teacher") -> None:
     """A teacher trained for another class count is a one-line error naming the setting."""
     if teacher.num_classes != num_classes:
-        raise ValueError(f"{source}: the teacher has {teacher.num_classes} classes, the base split has {num_classes}; "
-                         "train the teacher on the same base classes")
+        raise CheckpointError(f"{source}: the teacher has {teacher.num_classes} classes, the base split has "
+                              f"{num_classes}; train the teacher on the same base classes")
 
 
 def stage2_loss(student: PatchClassifier, teacher: PatchClassifier, student_images: Tensor, teacher_images: Tensor,
@@ -157,8 +158,8 @@ def stage2_loss(student: PatchClassifier, teacher: PatchClassifier, student_imag
     scores = teacher.patch_class_logits(teacher_images)
     out = student(student_images)
     if out["patch_logits"].shape[1] != scores.shape[1]:
-        raise ValueError(f"sun: the student has {out['patch_logits'].shape[1]} patches, the teacher "
-                         f"{scores.shape[1]}; both need the same final map")
+        raise ConfigError(f"sun: the student has {out['patch_logits'].shape[1]} patches, the teacher "
+                          f"{scores.shape[1]}; both need the same final map")
     targets = patch_targets(scores, cfg.top_k, background_count(scores.shape[1], cfg.bg_ratio), cfg.smoothing,
                             cfg.patch_target, cfg.official_background_index)
     weight = cfg.patch_weight if patch_weight is None else patch_weight

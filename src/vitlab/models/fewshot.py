@@ -41,6 +41,7 @@ from timm.models._features import feature_take_indices
 from timm.models.nest import Nest
 from torch import Tensor, nn
 
+from vitlab.errors import CheckpointError, ConfigError
 from vitlab.models import register_vitlab_model
 from vitlab.models.state_dict import state_dict_mismatch
 
@@ -100,7 +101,7 @@ def _resize_grid(pos_embed: Tensor, height: int, width: int) -> Tensor:
 
 def _check_pool(pool_type: str, name: str, allowed: Sequence[str]) -> str:
     if pool_type not in allowed:
-        raise ValueError(f"{name}: global_pool must be one of {', '.join(map(repr, allowed))}, got {pool_type!r}")
+        raise ConfigError(f"{name}: global_pool must be one of {', '.join(map(repr, allowed))}, got {pool_type!r}")
     return pool_type
 
 
@@ -228,7 +229,7 @@ class FewShotVisformer(nn.Module):
     ) -> None:
         super().__init__()
         if len(depths) != 3:
-            raise ValueError(f"FewShotVisformer: depths needs 3 stages, got {tuple(depths)}")
+            raise ConfigError(f"FewShotVisformer: depths needs 3 stages, got {tuple(depths)}")
         dims = (embed_dim // 2, embed_dim, embed_dim * 2)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
@@ -492,7 +493,7 @@ class LVViT(nn.Module):
     ) -> None:
         super().__init__()
         if patch_size % 4 or patch_size < 4:
-            raise ValueError(f"LVViT: patch_size must be a multiple of 4 (the stem divides by 4), got {patch_size}")
+            raise ConfigError(f"LVViT: patch_size must be a multiple of 4 (the stem divides by 4), got {patch_size}")
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.global_pool = _check_pool(global_pool, "LVViT", ("token", "avg", ""))
@@ -664,7 +665,7 @@ class ResNet12(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class NoFeatureMapError(ValueError):
+class NoFeatureMapError(ConfigError):
     """The backbone gives no final spatial map (SUN's patch labels and local classifier need one)."""
 
 
@@ -782,7 +783,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     head = "head."
     report = state_dict_mismatch(converted, target, lambda k: k.startswith(head))
     if report is not None:
-        raise ValueError(f"{type(model).__name__} checkpoint does not match: {report}")
+        raise CheckpointError(f"{type(model).__name__} checkpoint does not match: {report}")
     for key in target:
         if key.startswith(head) and key not in converted:
             converted[key] = target[key]
@@ -831,7 +832,7 @@ default_cfgs = generate_default_cfgs(
 
 def _create(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> Any:
     if pretrained:
-        raise ValueError(
+        raise ConfigError(
             f"{variant}: vitlab ships no weights and never downloads them; for an official SUN checkpoint build the "
             "model and call model.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=True), model))"
         )
