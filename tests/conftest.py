@@ -46,6 +46,21 @@ def step_helper():
     return FakeStepHelper.for_method
 
 
+@pytest.fixture
+def chromium(request: pytest.FixtureRequest) -> str:
+    """The headless browser of ``browser`` tests: skipped when there is none, a failure under ``make test-all``
+    (``VITLAB_REQUIRE_BROWSER=1``, or ``-m ''``), which installs it first."""
+    from vitlab.demo.browser import find_chromium
+
+    path = find_chromium()
+    if path is None:
+        message = "no Chromium (set VITLAB_CHROMIUM, or `make browser` installs Debian's chromium)"
+        if os.environ.get("VITLAB_REQUIRE_BROWSER") == "1" or request.config.getoption("markexpr") == "":
+            pytest.fail(message + ": browser tests are required here")
+        pytest.skip(message)
+    return path
+
+
 def _threads() -> int:
     """Two intra-op threads on a quiet 2-core machine; one when the CPU is oversubscribed (spinning OpenMP threads
     that get preempted make every op many times slower)."""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from vitlab.errors import ConfigError
+
 #: analysis name -> (add its arguments, run it, help)
 ANALYSES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
@@ -48,9 +50,9 @@ def _parse_radii(text: str | None) -> list[float] | None:
     try:
         radii = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"--radii: cannot parse {text!r} (expected comma-separated numbers, e.g. 1,2,4,8)") from None
+        raise ConfigError(f"--radii: cannot parse {text!r} (expected comma-separated numbers, e.g. 1,2,4,8)") from None
     if not radii:
-        raise ValueError("--radii: expected at least one radius")
+        raise ConfigError("--radii: expected at least one radius")
     return radii
 
 
@@ -117,8 +119,8 @@ def run_frequency(args: argparse.Namespace) -> int:
     dataset = build_dataset(cfg.data, args.split, train=False)
     x, y = collect(dataset, args.n)
     if x.dim() != 4:
-        raise ValueError(f"analyze frequency: expected images (N, C, H, W), got {tuple(x.shape)} from data.name "
-                         f"{cfg.data.name!r}")
+        raise ConfigError(f"analyze frequency: expected images (N, C, H, W), got {tuple(x.shape)} from data.name "
+                          f"{cfg.data.name!r}")
     beside = Path(args.ckpt).parent if args.ckpt else Path(".")
     out = Path(args.out) if args.out else beside / "analysis" / "frequency"
     out.mkdir(parents=True, exist_ok=True)

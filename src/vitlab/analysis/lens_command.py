@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from vitlab.analysis.overlay import BLEND_MODES, LUTS, MAP_SOURCES
+from vitlab.errors import ConfigError
 
 LENSES = ("cartoon", "lut", "sticker")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -59,7 +60,7 @@ def _parse_colour(text: str, flag: str) -> tuple[float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"{flag}: expected r,g,b with values in [0, 1], e.g. 1,0,0; got {text!r}")
+        raise ConfigError(f"{flag}: expected r,g,b with values in [0, 1], e.g. 1,0,0; got {text!r}")
     return values[0], values[1], values[2]
 
 
@@ -75,8 +76,8 @@ def read_image(path: Path, mode: str = "RGB", flag: str = "--image") -> torch.Te
         with Image.open(path) as image:
             return pil_to_unit_tensor(image.convert(mode))
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{flag}: cannot read {path} as an image ({type(exc).__name__}); expected PNG or "
-                         "JPEG") from None
+        raise ConfigError(f"{flag}: cannot read {path} as an image ({type(exc).__name__}); expected PNG or "
+                          "JPEG") from None
 
 
 def _model_input(path: Path, size: int, channels: int) -> torch.Tensor:
@@ -94,7 +95,7 @@ def _outputs(images: list[Path], out: Path, source: str, mode: str) -> list[Path
     if len(images) == 1 and out.suffix.lower() in IMAGE_SUFFIXES:
         return [out]
     if len(images) == 1 and out.suffix:
-        raise ValueError(f"--out: {out} must end in .png, .jpg or .jpeg (or be a folder)")
+        raise ConfigError(f"--out: {out} must end in .png, .jpg or .jpeg (or be a folder)")
     return [out / f"{p.stem}_{source}_{mode}.png" for p in images]
 
 
@@ -110,14 +111,14 @@ def run(args: argparse.Namespace) -> int:
     from vitlab.data.transforms import unit_tensor_to_pil
 
     if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha: expected a value in [0, 1], got {args.alpha}")
+        raise ConfigError(f"--alpha: expected a value in [0, 1], got {args.alpha}")
     if args.lens in ("cartoon", "lut") and args.mode not in (None, "recolor"):
-        raise ValueError(f"--lens {args.lens} is applied through the map in mode recolor; drop --mode {args.mode}")
+        raise ConfigError(f"--lens {args.lens} is applied through the map in mode recolor; drop --mode {args.mode}")
     if args.lens == "sticker" and args.mode is not None:
-        raise ValueError("--lens sticker places a sticker at the map's centroid; it takes no --mode")
+        raise ConfigError("--lens sticker places a sticker at the map's centroid; it takes no --mode")
     if args.source in ("segmentation", "attribute"):
-        raise ValueError(f"--source {args.source}: needs a trained segmentation head / a TransZero++ model, which "
-                         "this command does not take; use cam or attention (Python: vitlab.analysis.overlay)")
+        raise ConfigError(f"--source {args.source}: needs a trained segmentation head / a TransZero++ model, which "
+                          "this command does not take; use cam or attention (Python: vitlab.analysis.overlay)")
     colour = _parse_colour(args.color, "--color")
     background = _parse_colour(args.background, "--background")
     mode = args.mode or ("recolor" if args.lens in ("cartoon", "lut") else "heatmap")

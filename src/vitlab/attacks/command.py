@@ -19,8 +19,9 @@ from torch import Tensor, nn
 
 from vitlab.attacks.threat import check_norm, check_unit_range, max_perturbation, model_mode, parse_eps
 from vitlab.data.foolbox import FOOLBOX_CLASSES, foolbox_images
+from vitlab.errors import ConfigError
 
-ATTACK_CHOICES = ("autoattack", "apgd-ce", "apgd-t", "pgd")
+ATTACK_CHOICES = ("autoattack", "apgd-ce", "apgd-t", "pgd", "exact", "pwws", "genetic", "ascc")  # the last 4: text
 FOOLBOX_SETS = {f"foolbox-{kind.lower()}": (kind, classes) for kind, classes in FOOLBOX_CLASSES.items()}
 
 
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="autoattack: the official code (pyautoattack) or vitlab's native cascade")
     parser.add_argument("--out", default=None, help="JSON report path (default: attack_<attack>_<norm>.json beside "
                                                     "the checkpoint or weights)")
+    from vitlab.attacks.text import add_text_arguments
+
+    add_text_arguments(parser)
 
 
 def _vitlab_images(cfg: Any, n: int | None) -> tuple[Tensor, Tensor]:
@@ -82,7 +86,7 @@ def load_target(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, st
         source = str(args.ckpt)
     else:
         if args.data is None:
-            raise ValueError("--data: needed with --model (e.g. foolbox-mnist, digits, image_folder --data-root DIR)")
+            raise ConfigError("--data: needed with --model (e.g. foolbox-mnist, digits, image_folder --data-root DIR)")
         if args.data in FOOLBOX_SETS:  # the images at their own size; the model's --input-size converts them
             images, y = foolbox_images(FOOLBOX_SETS[args.data][0])
             x = images.float() / 255.0
@@ -104,14 +108,20 @@ def load_target(args: argparse.Namespace) -> tuple[nn.Module, Tensor, Tensor, st
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitlab.attacks.text import TEXT_ATTACKS
+
+    if args.attack in TEXT_ATTACKS:
+        from vitlab.attacks.text import run_command
+
+        return run_command(args)
     norm = check_norm(args.norm)
     eps = parse_eps(args.eps) if args.eps is not None else (8 / 255 if norm == "Linf" else 0.5)
     if args.n is not None and args.n < 1:
-        raise ValueError(f"--n: got {args.n}, expected a number of points >= 1")
+        raise ConfigError(f"--n: got {args.n}, expected a number of points >= 1")
     if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps: got {args.steps}, expected >= 1")
+        raise ConfigError(f"--steps: got {args.steps}, expected >= 1")
     if args.attacks and (args.attack != "autoattack" or args.version != "custom"):
-        raise ValueError("--attacks goes with --attack autoattack --version custom")
+        raise ConfigError("--attacks goes with --attack autoattack --version custom")
     model, x, y, source = load_target(args)
     _, report = attack_points(model, x, y, args.attack, norm, eps, seed=args.seed, steps=args.steps,
                               version=args.version, attacks=args.attacks, backend=args.backend,

@@ -11,7 +11,7 @@ from vitlab.demo.sections import demo_section
 from vitlab.methods.mugs import Mugs
 
 DEMO_OVERRIDES = ["data.img_size=16", "data.batch_size=64", "method.crops.global_size=16", "method.crops.local_size=8",
-                  "method.crops.local_number=2", "train.epochs=5", "train.eval_every=5", "optim.lr=1e-3",
+                  "method.crops.local_number=2", "train.epochs=3", "train.eval_every=3", "optim.lr=1e-3",
                   "optim.warmup_epochs=1", "method.momentum_teacher=0.95", "method.gds.warmup_teacher_temp_epochs=2",
                   "train.log_every=22"]
 DEMO_QUICK = ["train.epochs=1", "train.max_steps=2", "data.batch_size=32", "method.eval.probe_epochs=2",
@@ -20,7 +20,7 @@ DEMO_QUICK = ["train.epochs=1", "train.max_steps=2", "data.batch_size=32", "meth
               "method.gds.prototypes=64"]
 
 
-@demo_section("mugs", "Mugs self-supervised pretraining (tiny ViT on digits, labels unused)")
+@demo_section("mugs", "Mugs self-supervised pretraining (tiny ViT on digits, labels unused)", seconds=60)
 def _demo(folder: Path, quick: bool) -> str:
     from vitlab.demo.sections import recipe_path
     from vitlab.engine.trainer import train

@@ -14,14 +14,19 @@ class DemoSection:
     name: str
     title: str
     run: Callable[[Path, bool], str]  # (section folder, quick) -> Markdown body
+    seconds: float = 60.0  # expected wall time of the full section on 2 CPU cores (drives its progress bar)
 
 
 SECTIONS: list[DemoSection] = []
 
 
-def demo_section(name: str, title: str) -> Callable[[Callable[[Path, bool], str]], Callable[[Path, bool], str]]:
+def demo_section(name: str, title: str, seconds: float = 60.0
+                 ) -> Callable[[Callable[[Path, bool], str]], Callable[[Path, bool], str]]:
+    """Register ``fn(folder, quick) -> Markdown`` as the demo section ``name``; ``seconds`` is its expected wall
+    time on 2 CPU cores (its progress bar)."""
+
     def wrap(fn: Callable[[Path, bool], str]) -> Callable[[Path, bool], str]:
-        SECTIONS.append(DemoSection(name, title, fn))
+        SECTIONS.append(DemoSection(name, title, fn, seconds))
         return fn
 
     return wrap
@@ -58,6 +63,35 @@ def plot_training_curves(run_dir: Path, out_png: Path, title: str) -> None:
     ax2.set_ylabel("top-1 (%)")
     ax.set_title(title)
     fig.legend(loc="center right")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def plot_compared_runs(runs: dict[str, Path], out_png: Path, title: str) -> None:
+    """Training loss (left) and evaluation top-1 (right) against steps for several runs, from their metrics.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitlab.engine.logging import read_metrics
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for label, run_dir in runs.items():
+        rows = read_metrics(run_dir)
+        loss = [(r["step"], r["value"]) for r in rows if r["phase"] == "train" and r["name"] == "loss"]
+        acc = [(r["step"], r["value"]) for r in rows if r["phase"] == "eval" and r["name"] == "top1"]
+        if loss:
+            ax_loss.plot(*zip(*loss), label=label)
+        if acc:
+            ax_acc.plot(*zip(*acc), "o-", label=label)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("train loss")
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("test top-1 (%)")
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from vitlab.errors import ConfigError
 from vitlab.evaluation.episodes import HEADS, embed_dataset, evaluate_episodes
 
 FEATURES = ("auto", "gap", "pre_logits")
@@ -47,8 +48,8 @@ def fewshot_counterpart(name: str) -> str:
         return name
     if name in FEWSHOT_COUNTERPARTS:
         return FEWSHOT_COUNTERPARTS[name]
-    raise ValueError(f"--data: the checkpoint trained on {name!r}, which has no few-shot counterpart; name a few-shot "
-                     f"set ({', '.join(FEWSHOT_SETS)}) or any registered set with --data")
+    raise ConfigError(f"--data: the checkpoint trained on {name!r}, which has no few-shot counterpart; name a few-shot "
+                      f"set ({', '.join(FEWSHOT_SETS)}) or any registered set with --data")
 
 
 def _unwrap(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Module]:
@@ -84,7 +85,7 @@ def episode_feature_fn(model: nn.Module, feature: str = "auto",
     from vitlab.models.fewshot import NoFeatureMapError, feature_map, pooled_feature
 
     if feature not in FEATURES:
-        raise ValueError(f"--feature: got {feature!r}, expected one of {', '.join(FEATURES)}")
+        raise ConfigError(f"--feature: got {feature!r}, expected one of {', '.join(FEATURES)}")
     preprocess, core = _unwrap(model)
 
     def gap(x: Tensor) -> Tensor:
@@ -93,7 +94,7 @@ def episode_feature_fn(model: nn.Module, feature: str = "auto",
     def pre_logits(x: Tensor) -> Tensor:
         forward_head = getattr(core, "forward_head", None)
         if not callable(forward_head):
-            raise ValueError(f"--feature pre_logits: {type(core).__name__} has no forward_head; use --feature gap")
+            raise ConfigError(f"--feature pre_logits: {type(core).__name__} has no forward_head; use --feature gap")
         return forward_head(core.forward_features(preprocess(x)), pre_logits=True)  # type: ignore[operator]
 
     if feature == "gap":
@@ -162,11 +163,11 @@ def episodes(model: nn.Module | str | Path, dataset: Dataset[dict[str, Any]], wa
         model = load_eval_model(model)
     for head in heads:
         if head not in HEADS:
-            raise ValueError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
+            raise ConfigError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
     if ci not in CI_KINDS:
-        raise ValueError(f"--ci: got {ci!r}, expected one of {', '.join(CI_KINDS)}")
+        raise ConfigError(f"--ci: got {ci!r}, expected one of {', '.join(CI_KINDS)}")
     if not shots:
-        raise ValueError("--shots: give at least one shot count")
+        raise ConfigError("--shots: give at least one shot count")
     _check_source(dataset, ways, shots, queries, source="episodes")
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -239,14 +240,14 @@ def run_episodes(args: argparse.Namespace) -> int:
 
     for head in args.heads:  # before loading anything
         if head not in HEADS:
-            raise ValueError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
+            raise ConfigError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
     if args.ci not in CI_KINDS:
-        raise ValueError(f"--ci: got {args.ci!r}, expected one of {', '.join(CI_KINDS)}")
+        raise ConfigError(f"--ci: got {args.ci!r}, expected one of {', '.join(CI_KINDS)}")
     from vitlab.data.catalog import data_config
     from vitlab.models.external import method_from_args
 
     if args.model is not None and args.data is None:
-        raise ValueError(f"--data: needed with --model (a few-shot set: {', '.join(FEWSHOT_SETS)}, or any set)")
+        raise ConfigError(f"--data: needed with --model (a few-shot set: {', '.join(FEWSHOT_SETS)}, or any set)")
     method = method_from_args(args, data_config(args) if args.model is not None else None)
     cfg = method.cfg
     if args.config is not None:
