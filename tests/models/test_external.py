@@ -249,16 +249,28 @@ def test_data_lists_every_bundled_set_and_help_names_them(capsys: pytest.Capture
 
 
 def test_the_catalog_counts_are_the_builders(tmp_path: Path) -> None:
-    """The recorded sizes of ``vitlab data`` for the sets that build in a blink (digits, foolbox)."""
+    """The recorded sizes of ``vitlab data`` for the sets that build in a blink (digits, foolbox, synth_sentiment's
+    table; digits_zsl's are the seen / unseen digits of the digits split)."""
     from vitlab.config import DataConfig
     from vitlab.data import build_dataset
     from vitlab.data.catalog import BUNDLED
+    from vitlab.data.text import SYNTH_SIZES
 
+    sizes = {e.name: e.splits for e in BUNDLED}
+    assert sizes["synth_sentiment"] == SYNTH_SIZES
     for entry in BUNDLED:
-        if entry.name.startswith("digits") or entry.name.startswith("foolbox-"):
+        if entry.name in ("digits", "digits_fewshot") or entry.name.startswith("foolbox-"):
             for split, size in (entry.splits or {}).items():
                 dataset = build_dataset(DataConfig(name=entry.name, img_size=8), split, train=False)
                 assert len(dataset) == size, (entry.name, split)
+    from vitlab.data.digits import load_digits_split
+    from vitlab.data.digits_zsl import SEEN_DIGITS, UNSEEN_DIGITS
+
+    digits = load_digits_split(8)
+    seen, unseen = torch.tensor(SEEN_DIGITS), torch.tensor(UNSEEN_DIGITS)
+    assert sizes["digits_zsl"] == {"trainval": int(torch.isin(digits.train_labels, seen).sum()),
+                                   "test_seen": int(torch.isin(digits.test_labels, seen).sum()),
+                                   "test_unseen": int(torch.isin(digits.test_labels, unseen).sum())}
 
 
 def test_data_root_reads_cifar_pickles_for_a_timm_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
