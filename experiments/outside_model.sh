@@ -47,6 +47,8 @@ show 'accuracy' attack --model "$LENET" --weights lenet5.pt --data foolbox-mnist
   --out attack_foolbox.json
 show 'accuracy' attack --model "$LENET" --weights lenet5.pt --data image_folder --data-root mnist_images \
   --input-size 1,28,28 --attack apgd-ce --eps 0.3 --steps 20 --out attack_folder.json
+show '^\{' analyze frequency --model "$LENET" --weights lenet5.pt --data foolbox-mnist --radii 2,4,8 --delta-eps 0 \
+  --out freq
 show '^wrote' export --model "$LENET" --weights lenet5.pt --input-size 1,28,28 --format int8 --data digits \
   --out int8
 show '^\{' eval --ckpt int8/model_int8.ckpt --data foolbox-mnist

@@ -308,3 +308,15 @@ def test_quantize_a_file_model(outside: dict[str, str], tmp_path: Path, capsys: 
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["method"] == "gdfq" and summary["quantized_bytes"] < summary["fp32_bytes"]
     assert (tmp_path / "tiny_net_teacher" / "teacher.ckpt").is_file()
+
+
+def test_analyze_a_plain_module_without_feature_maps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/lenet5.py (no timm feature API): filtered accuracy, the input's spectrum only, and a warning."""
+    lenet = Path(__file__).resolve().parents[2] / "examples" / "lenet5.py"
+    rc = main(["analyze", "frequency", "--model", f"{lenet}:LeNet5", "--data", "foolbox-mnist", "--radii", "2,4",
+               "--delta-eps", "0", "--out", str(tmp_path)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["layers"] == [] and "exposes no feature maps" in summary["warnings"][0]
+    assert (tmp_path / "filtered_accuracy.csv").read_text().count("\n") == 1 + 1 + 2 * 2
+    assert {row.split(",")[0] for row in (tmp_path / "spectrum.csv").read_text().splitlines()[1:]} == {"input"}

@@ -441,7 +441,7 @@ def outside_method(args: argparse.Namespace, data_cfg: Any = None, classes: Sequ
                     method=method_config_class("supervised")())
     info = DataInfo(num_classes=outside.num_classes, channels=c, img_size=h, mean=mean, std=std,
                     classes=[str(k) for k in classes] if len(classes) == outside.num_classes else [])
-    method = build_method(cfg, info)
+    method: Any = build_method(cfg, info)  # a Supervised: its ImageClassifier is method.model
     method.model.model = outside.model.model  # the module built above, with its weights
     method.source = outside.source
     return method.eval()
