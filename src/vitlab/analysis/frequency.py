@@ -252,9 +252,9 @@ def feature_maps(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     finally:
         model.train(was_training)
     if not maps:
-        raise NoFeatureMapsError(f"feature spectrum: model {type(backbone).__name__} exposes no feature maps (it has neither "
-                          "forward_intermediates nor blocks/stages/layers whose outputs are (B, C, H, W) maps or "
-                          "square-grid tokens)")
+        raise NoFeatureMapsError(f"feature spectrum: model {type(backbone).__name__} exposes no feature maps "
+                                 "(it has neither forward_intermediates nor blocks/stages/layers whose "
+                                 "outputs are (B, C, H, W) maps or square-grid tokens)")
     return maps
 
 
