@@ -70,8 +70,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from vitlab.config import load_config
     from vitlab.engine.trainer import train
+    from vitlab.models.external import recipe_overrides
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, recipe_overrides(args) + list(args.set))
     metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
     import torch.distributed as dist
 
@@ -229,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="last", default=None,
                    help="continue from the run folder's last.ckpt (or the given checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="start again even if the run folder has checkpoints")
+    p.add_argument("--model", default=None,
+                   help="the backbone: path/to/file.py:factory or any timm / vitlab name (sets model.name)")
+    p.add_argument("--model-args", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="its keyword arguments: key=value ... or one JSON object (sets model.kwargs)")
+    from vitlab.data.catalog import add_data_arguments
+
+    add_data_arguments(p, default="the recipe's")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="the metrics of a checkpoint's task")

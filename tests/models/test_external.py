@@ -186,6 +186,23 @@ def test_a_file_model_is_a_recipe_backbone(outside: dict[str, str]) -> None:
     assert backbone.linear.out_features == 5 and backbone.layers[0].in_channels == 3 and backbone.num_features == 6
 
 
+def test_train_flags_are_recipe_overrides(outside: dict[str, str]) -> None:
+    """vitlab train --model / --model-args / --data / --data-root set model.name (the file made absolute),
+    model.kwargs, data.name and data.root, before --set."""
+    import argparse
+
+    from vitlab.config import load_config
+    from vitlab.models.external import recipe_overrides
+
+    args = argparse.Namespace(model=f"{outside['file']}:tiny", model_args=["width=6", "tag=small", "dims=[1, 2]"],
+                              data="image_folder", data_root="/data/mine")
+    sets = recipe_overrides(args)
+    assert sets[0] == f"model.name={Path(outside['file']).resolve()}:tiny"
+    cfg = load_config(None, sets)
+    assert cfg.model.kwargs == {"width": 6, "tag": "small", "dims": [1, 2]}
+    assert (cfg.data.name, cfg.data.root) == ("image_folder", "/data/mine")
+
+
 def test_export_a_file_model_and_use_the_checkpoint_as_weights(outside: dict[str, str], tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """export --model writes model.ckpt (a vitlab checkpoint) and the safetensors export; both load as --weights."""
@@ -207,9 +224,10 @@ def test_train_a_file_model_as_a_backbone_and_reuse_its_checkpoint(outside: dict
     """model.name = file.py:factory trains (num_classes from the data); the checkpoint is --weights elsewhere
     (about 15 s: a training step and an evaluation on digits)."""
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "supervised" / "resnet18_digits.yaml"
-    sets = [f"out_dir={tmp_path}", "name=tiny", f"model.name={outside['file']}:tiny", "model.kwargs.width=4",
-            "data.channels=1", "data.img_size=16", "train.max_steps=1", "train.epochs=1", "train.progress=false"]
-    assert main(["train", "-c", str(recipe), *[a for s in sets for a in ("--set", s)]]) == 0
+    sets = [f"out_dir={tmp_path}", "name=tiny", "data.channels=1", "data.img_size=16", "train.max_steps=1",
+            "train.epochs=1", "train.progress=false"]
+    assert main(["train", "-c", str(recipe), "--model", f"{outside['file']}:tiny", "--model-args", "width=4",
+                 *[a for s in sets for a in ("--set", s)]]) == 0
     ckpt = tmp_path / "tiny" / "last.ckpt"
     rc = main(["analyze", "frequency", "--model", f"{outside['file']}:tiny", "--weights", str(ckpt), "--input-size",
                "1,16,16", "--data", "digits", "--n", "16", "--radii", "2,4", "--delta-eps", "0",

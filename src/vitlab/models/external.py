@@ -477,3 +477,18 @@ def export_outside_checkpoint(args: argparse.Namespace) -> Path:
     method = outside_method(args, data_config(args) if args.data else None)
     out = Path(args.out) if args.out else Path(f"{method.cfg.name}_export")
     return write_outside_checkpoint(method, out / "model.ckpt")
+
+
+def recipe_overrides(args: argparse.Namespace) -> list[str]:
+    """``vitlab train``'s ``--model`` / ``--model-args`` / ``--data`` / ``--data-root`` as recipe overrides
+    (``model.name``, ``model.kwargs.*``, ``data.name``, ``data.root``), applied before ``--set``."""
+    sets = []
+    if getattr(args, "model", None):
+        sets.append(f"model.name={absolute_spec(args.model)}")
+    for key, value in parse_model_args(getattr(args, "model_args", None)).items():
+        sets.append(f"model.kwargs.{key}={value if isinstance(value, str) else json.dumps(value)}")
+    if getattr(args, "data", None):
+        sets.append(f"data.name={args.data}")
+    if getattr(args, "data_root", None):
+        sets.append(f"data.root={args.data_root}")
+    return sets
