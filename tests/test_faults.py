@@ -86,7 +86,6 @@ def test_kill9_at_ten_moments_of_a_checkpoint_write_keeps_the_previous_one(tmp_p
     assert len(survived) == 10
 
 
-@pytest.mark.slow  # about 5 s on a quiet machine; tests/engine/test_trainer.py's kill -9 resume test runs always
 def test_kill9_during_a_training_checkpoint_write_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     """The real trainer, writing last.ckpt every step, is killed while a temporary checkpoint file exists (a write
     under way); --resume then ends with exactly the metrics of an uninterrupted run."""
