@@ -354,16 +354,15 @@ class CenterCropImages(Dataset):
 
         path = self.files[index]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                w, h = img.size
-                scale = self.size / min(w, h)
-                img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
-                                 Image.BILINEAR)
-                w, h = img.size
-                left, top = (w - self.size) // 2, (h - self.size) // 2
-                img = img.crop((left, top, left + self.size, top + self.size))
-                array = np.asarray(img, dtype=np.float32) / 255.0
+            with Image.open(path) as source:
+                rgb = source.convert("RGB")
+            w, h = rgb.size
+            scale = self.size / min(w, h)
+            resized = rgb.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
+                                 Image.Resampling.BILINEAR)
+            w, h = resized.size
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            array = np.asarray(resized.crop((left, top, left + self.size, top + self.size)), dtype=np.float32) / 255.0
         except OSError as exc:
             raise DataError(f"{path}: cannot read the image ({exc})") from None
         return {"image": torch.from_numpy(array).permute(2, 0, 1).contiguous()}
