@@ -194,7 +194,7 @@ def transzero_digits(results: list[dict[str, Any]]) -> str:
             continue
         stats[row] = {k: _seed_stats([r[k] for r in runs])
                       for k in ("acc", "U", "S", "H", "best_on_test_H", "best_on_test_acc")}
-        cells = " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd in stats[row].values())
+        cells = " | ".join(f"{m:.1f} ± {sd:.1f}" if len(runs) > 1 else f"{m:.1f}" for m, sd in stats[row].values())
         rows.append(f"| {label} | {', '.join(str(r['seed']) for r in runs)} | {cells} |")
     rows.append("")
     for key, name in (("H", "GZSL H"), ("acc", "CZSL acc")):
