@@ -175,6 +175,9 @@ TZ_ROWS = {"transzero_pp": "TransZero++ (AVT + VAT, collaborative losses)",
            "avt": "AVT only (TransZero)", "vat": "VAT only"}
 TZ_FILES = tuple(f"transzero/{row}_s{seed}.json" for row in TZ_ROWS for seed in (0, 1, 2))
 TZ_WRITER = "python experiments/transzero_plan.py --seeds 0 1 2 --set train.epochs=50 --set train.eval_every=5"
+TZ_LR_FILES = tuple(f"transzero/lr1e-4/{row}_s{seed}.json" for row in ("transzero_pp", "global") for seed in (0, 1, 2))
+TZ_LR_WRITER = ("python experiments/transzero_plan.py --seeds 0 1 2 --rows transzero_pp global --tag lr1e-4 "
+                "--set optim.lr=1e-4 --set train.epochs=50 --set train.eval_every=5")
 
 
 def transzero_digits(results: list[dict[str, Any]]) -> str:

@@ -263,12 +263,28 @@ def extract_region_features(backbone: Callable[[Tensor], Tensor], images: Datase
     return out
 
 
-def _bar(enabled: bool, total: int, description: str) -> Any:
+class _Bar:
+    """A rich progress bar with tqdm's ``update(n)`` / ``close()`` (rich is what the engine's bars use)."""
+
+    def __init__(self, total: int, description: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task(description, total=total)
+
+    def update(self, n: int) -> None:
+        self.progress.update(self.task, advance=n)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _bar(enabled: bool, total: int, description: str) -> _Bar | None:
     if not enabled or total == 0 or not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="img")
+    return _Bar(total, description)
 
 
 class RegionFeatures:
