@@ -1,22 +1,27 @@
-"""The small-scale SUN plan of specs/sun.md §6 on digits: Meta-Baseline without SUN against SUN, and the ablations.
+"""The small-scale SUN plan of specs/sun.md §6: Meta-Baseline without SUN against SUN, the ablations, a CNN row.
 
-Rows (each one then meta-tuned with ``recipes/sun/digits_meta.yaml`` from its stage-2 / pretraining checkpoint):
+``--data digits`` (the spec's plan: base digits 0-4, novel 5-9) or ``--data glyphs`` (``glyphs_fewshot``: 80 base,
+40 novel glyph classes). Recipes ``recipes/sun/<data>_*.yaml``. Rows (each one then meta-tuned with
+``<data>_meta.yaml`` from its stage-2 / pretraining checkpoint):
 
-- ``baseline``: supervised base-class pretraining (``digits_baseline_pretrain.yaml``) for teacher + student epochs;
-- ``sun``: the full method: teacher (``digits_teacher.yaml``), then the SUN student (``digits_sun.yaml``);
-- ``sun_patch``: teacher patch labels only (no BGF, no SCA; ``digits_sun_patch.yaml``);
-- ``sun_bgf``: patch labels + BGF, no SCA (``digits_sun_bgf.yaml``).
+- ``baseline``: supervised base-class pretraining (``<data>_baseline_pretrain.yaml``) for teacher + student epochs;
+- ``sun``: the full method: teacher (``<data>_teacher.yaml``), then the SUN student (``<data>_sun.yaml``);
+- ``sun_patch``: teacher patch labels only (no BGF, no SCA; ``<data>_sun_patch.yaml``);
+- ``sun_bgf``: patch labels + BGF, no SCA (``<data>_sun_bgf.yaml``);
+- ``cnn``: the baseline with the ResNet-12-like ``resnet12_fs32`` instead of the ViT (same recipes and epochs).
 
-Every row is evaluated on the novel digits {5..9}: 2000 episodes 5-way 1-shot and 5-shot, 15 queries, seed 12345,
+Every row is evaluated on the novel classes: 2000 episodes 5-way 1-shot and 5-shot, 15 queries, seed 12345,
 cosine prototypes, mean and the 95% CI (t-quantile, 1.9612 at 2000 episodes), from the last checkpoint (no selection on
-the novel classes). ``results/sun/<row>_s<seed>.json`` is written atomically as each run finishes; a row whose file
-exists is skipped, a stage whose run folder holds ``done`` is reused, so the plan resumes after a crash.
+the novel classes). ``results/sun/<row>_s<seed>.json`` (digits) or ``results/sun/glyphs/<row>_s<seed>.json`` is
+written atomically as each run finishes; a row whose file exists is skipped, a stage whose run folder holds ``done``
+is reused, so the plan resumes after a crash.
 Two plans can share the run folder: a stage another process is training is waited for (a ``lock`` file).
 
 ``--scale`` multiplies every stage's epochs and the meta-tuning batches (1 = the spec's 30 / 60 / 90 epochs and
 10 x 50 batches); the recorded files carry the epochs used.
 
     OMP_NUM_THREADS=1 python experiments/sun_plan.py --seeds 0 1 2 --rows baseline sun
+    OMP_NUM_THREADS=1 python experiments/sun_plan.py --data glyphs --seeds 0 1 2 --rows baseline sun --scale 0.15
     python experiments/tables.py sun_fewshot
 """
 
@@ -34,8 +39,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "sun"
-ROWS = ("baseline", "sun", "sun_patch", "sun_bgf")
-STAGE2 = {"sun": "digits_sun.yaml", "sun_patch": "digits_sun_patch.yaml", "sun_bgf": "digits_sun_bgf.yaml"}
+ROWS = ("baseline", "sun", "sun_patch", "sun_bgf", "cnn")
+DATA = ("digits", "glyphs")
+STAGE2 = {"sun": "sun.yaml", "sun_patch": "sun_patch.yaml", "sun_bgf": "sun_bgf.yaml"}
+CNN_MODEL = "resnet12_fs32"
 TEACHER_EPOCHS, STUDENT_EPOCHS, META_EPOCHS, META_BATCHES = 30, 60, 10, 50
 EPISODES, SEED, QUERIES = 2000, 12345, 15
 
@@ -74,7 +81,7 @@ def train_stage(name: str, recipe: str, out: Path, seed: int, epochs: int, sets:
 
 
 def evaluate(ckpt: Path) -> dict[str, Any]:
-    """5-way 1- and 5-shot on the novel digits, 2000 episodes, 15 queries, seed 12345, cosine head, t-quantile CI."""
+    """5-way 1- and 5-shot on the novel classes, 2000 episodes, 15 queries, seed 12345, cosine head, t-quantile CI."""
     import torch
 
     from vitlab.data import build_dataset
@@ -95,7 +102,7 @@ def evaluate(ckpt: Path) -> dict[str, Any]:
     return out
 
 
-def run_row(row: str, seed: int, out: Path, results: Path, scale: float) -> Path:
+def run_row(row: str, seed: int, out: Path, results: Path, scale: float, data: str = "digits") -> Path:
     from vitlab.engine.checkpoint import atomic_write_bytes
 
     target = results / f"{row}_s{seed}.json"
@@ -103,20 +110,23 @@ def run_row(row: str, seed: int, out: Path, results: Path, scale: float) -> Path
         return target
     t0 = time.time()
     te, se = _epochs(TEACHER_EPOCHS, scale), _epochs(STUDENT_EPOCHS, scale)
-    if row == "baseline":
-        stage2 = train_stage(f"baseline_pretrain_s{seed}", "digits_baseline_pretrain.yaml", out, seed, te + se, [])
+    model = [f"model.name={CNN_MODEL}"] if row == "cnn" else []
+    if row in ("baseline", "cnn"):
+        stage2 = train_stage(f"{row}_pretrain_s{seed}", f"{data}_baseline_pretrain.yaml", out, seed, te + se, model)
         epochs = {"pretrain": te + se}
     else:
-        teacher = train_stage(f"teacher_s{seed}", "digits_teacher.yaml", out, seed, te, [])
-        stage2 = train_stage(f"{row}_student_s{seed}", STAGE2[row], out, seed, se,
+        teacher = train_stage(f"teacher_s{seed}", f"{data}_teacher.yaml", out, seed, te, [])
+        stage2 = train_stage(f"{row}_student_s{seed}", f"{data}_{STAGE2[row]}", out, seed, se,
                              [f"method.teacher_ckpt={teacher}"])
         epochs = {"teacher": te, "student": se}
     me, mb = _epochs(META_EPOCHS, scale), _epochs(META_BATCHES, scale)
-    meta = train_stage(f"{row}_meta_s{seed}", "digits_meta.yaml", out, seed, me,
-                       [f"method.init_ckpt={stage2}", f"method.episodes_per_epoch={4 * mb}"])
+    meta = train_stage(f"{row}_meta_s{seed}", f"{data}_meta.yaml", out, seed, me,
+                       [f"method.init_ckpt={stage2}", f"method.episodes_per_epoch={4 * mb}", *model])
     epochs.update({"meta_epochs": me, "meta_batches": mb})
-    command = f"python experiments/sun_plan.py --seeds 0 1 2 --scale {scale:g}"  # writes every row's file
-    record = {"command": command, "row": row, "seed": seed, "scale": scale, "epochs": epochs,
+    flag = "" if data == "digits" else f" --data {data}"
+    command = f"python experiments/sun_plan.py{flag} --seeds 0 1 2 --scale {scale:g}"  # writes every row's file
+    record = {"command": command, "data": data, "row": row, "seed": seed, "scale": scale, "epochs": epochs,
+              "model": CNN_MODEL if row == "cnn" else "test_visformer_fs32",
               "episodes": EPISODES, "episode_seed": SEED, "queries": QUERIES, "head": "cosine", "ci": "t",
               "before_meta": evaluate(stage2), **evaluate(meta), "seconds": round(time.time() - t0, 1)}
     results.mkdir(parents=True, exist_ok=True)
@@ -130,15 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "sun_plan", help="run folders")
-    parser.add_argument("--results", type=Path, default=ROOT / "results" / "sun", help="result files")
+    parser.add_argument("--data", choices=DATA, default="digits", help="digits (the spec's plan) or glyphs_fewshot")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run folders (default runs/sun_plan, runs/sun_plan_glyphs for glyphs)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="result files (default results/sun, results/sun/glyphs for glyphs)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the spec's epochs and meta batches")
     args = parser.parse_args(argv)
     if not math.isfinite(args.scale) or args.scale <= 0:
         parser.error(f"--scale: got {args.scale}, expected a number > 0")
+    suffix = "" if args.data == "digits" else f"_{args.data}"
+    out = args.out or ROOT / "runs" / f"sun_plan{suffix}"
+    results = args.results or ROOT / "results" / "sun" / ("" if args.data == "digits" else args.data)
     for seed in args.seeds:
         for row in args.rows:
-            run_row(row, seed, args.out, args.results, args.scale)
+            run_row(row, seed, out, results, args.scale, args.data)
     return 0
 
 

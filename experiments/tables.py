@@ -124,6 +124,19 @@ def sun_step(results: list[dict[str, Any]]) -> str:
                       f"{1e3 * r['sun_s']:.1f} | {r['ratio']:.2f} |"])
 
 
+def rift_step(results: list[dict[str, Any]]) -> str:
+    r = results[0]
+    return "\n".join([f"| measurement (MiniLM, batch {r['batch']} synth_sentiment sentences; torch {r['torch']}, "
+                      f"{r['threads']} threads, median of {r['steps']} alternating steps) | value | ratio |",
+                      "|---|---|---|",
+                      f"| standard fine-tuning step (CE, backward, AdamW) | {r['standard_s']:.2f} s | 1.00 |",
+                      "| RIFT step (ASCC 10 steps, clean + adversarial forward, frozen teacher, InfoNCE, backward, "
+                      f"AdamW) | {r['rift_s']:.2f} s | {r['ratio']:.2f} |",
+                      f"| exact worst-case enumeration ({r['exact_n']} test sentences, "
+                      f"{r['exact_combinations_mean']:.0f} combinations each on average) | "
+                      f"{r['exact_sentences_per_s']:.3f} sentences/s | — |"])
+
+
 SUN_SPEC_PARAMS = {"visformer_micro_80": "12.53M", "nest_micro_resembed_80": "12.80M", "lvvit_micro_80": "12.60M"}
 
 
@@ -140,11 +153,19 @@ def sun_backbones(results: list[dict[str, Any]]) -> str:
 SUN_ROWS = {"baseline": "Meta-Baseline without SUN (supervised pretraining, same total epochs)",
             "sun_patch": "SUN: teacher patch labels (no BGF, no SCA)",
             "sun_bgf": "SUN: patch labels + background filtration",
-            "sun": "SUN: + spatial-consistent augmentation (full)"}
+            "sun": "SUN: + spatial-consistent augmentation (full)",
+            "cnn": "Meta-Baseline with a ResNet-12-like CNN (`test_resnet12_fs32`; pretraining as the baseline)"}
 SUN_SEEDS = (0, 1, 2)
-SUN_FILES = tuple(f"sun/{row}_s{seed}.json" for row in ("baseline", "sun", "sun_patch", "sun_bgf")
-                  for seed in SUN_SEEDS)
+
+
+def _sun_files(folder: str, rows: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{folder}/{row}_s{seed}.json" for row in rows for seed in SUN_SEEDS)
+
+
+SUN_FILES = _sun_files("sun", ("baseline", "sun", "sun_patch", "sun_bgf"))
 SUN_WRITER = "python experiments/sun_plan.py --seeds 0 1 2 --scale 0.2"
+SUN_GLYPHS_FILES = _sun_files("sun/glyphs", ("baseline", "sun"))
+SUN_GLYPHS_WRITER = "python experiments/sun_plan.py --data glyphs --seeds 0 1 2 --scale 0.1"
 
 
 def _seed_stats(values: list[float]) -> tuple[float, float]:
@@ -186,6 +207,39 @@ def sun_fewshot(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+RIFT_ROWS = {"standard": "standard fine-tuning (CE)", "rift": "RIFT (CE + 10·KL on ASCC + 0.1·InfoNCE)",
+             "ascc_kl": "ASCC + KL without MI (w_mi 0)"}
+RIFT_FILES = tuple(f"rift/{row}_s{seed}.json" for row in RIFT_ROWS for seed in (0, 1, 2))
+RIFT_WRITER = "python experiments/rift_plan.py --seeds 0 1 2 --steps 40 --n-exact 80"
+
+
+def rift_synth(results: list[dict[str, Any]]) -> str:
+    """Per method: clean accuracy (500 test sentences) and exact worst-case robust accuracy (the first 80), mean ±
+    seed std; then the gate of specs/rift.md §6 (RIFT's robust mean above standard fine-tuning's by more than the
+    pooled seed std) and the clean-accuracy cost."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_row.setdefault(r["method"], []).append(r)
+    rows = ["| method | seeds | clean accuracy (%) | exact worst-case robust accuracy (%) | train s / run |",
+            "|---|---|---|---|---|"]
+    stats: dict[str, tuple[float, float, float]] = {}
+    for row, label in RIFT_ROWS.items():
+        runs = sorted(by_row.get(row, []), key=lambda r: r["seed"])
+        clean, clean_sd = _seed_stats([100 * r["clean_accuracy"] for r in runs])
+        robust, robust_sd = _seed_stats([100 * r["exact_robust_accuracy"] for r in runs])
+        stats[row] = (robust, robust_sd, clean)
+        seconds = sum(r["train_seconds"] for r in runs) / len(runs)
+        rows.append(f"| {label} | {', '.join(str(r['seed']) for r in runs)} | {clean:.2f} ± {clean_sd:.2f} | "
+                    f"{robust:.2f} ± {robust_sd:.2f} | {seconds:.0f} |")
+    (rm, rs, rc), (bm, bs, bc) = stats["rift"], stats["standard"]
+    pooled = ((rs ** 2 + bs ** 2) / 2) ** 0.5
+    verdict = "holds" if rm - bm > pooled else "does not hold"
+    rows.append("")
+    rows.append(f"Gate: RIFT − standard = {rm - bm:.2f} points of exact worst-case robust accuracy vs the pooled seed "
+                f"std {pooled:.2f}: {verdict}. Clean-accuracy cost: {bc - rc:.2f} points.")
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -205,6 +259,9 @@ TABLES: dict[str, Table] = {
                             "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
                             "--out results/benchmarks/episodes.json"),
     "sun_fewshot": Table(SUN_FILES, sun_fewshot, SUN_WRITER),
+    "rift_synth": Table(RIFT_FILES, rift_synth, RIFT_WRITER),
+    "rift_step": Table(("benchmarks/rift_step.json",), rift_step,
+                       "python benchmarks/bench_rift.py --steps 5 --threads 2 --out results/benchmarks/rift_step.json"),
     "sun_step": Table(("benchmarks/sun_step.json",), sun_step,
                       "python benchmarks/bench_sun.py --steps 15 --threads 2 --out results/benchmarks/sun_step.json"),
 }

@@ -55,10 +55,9 @@ def test_a_value_outside_the_fixed_choices_exits_2(argv: list[str], line: str, c
     assert capsys.readouterr().err.strip() == line
 
 
-def test_info_resnet18_json() -> None:
-    res = run_cli("info", "resnet18", "--json")
-    assert res.returncode == 0, res.stderr
-    info = json.loads(res.stdout)
+def test_info_resnet18_json(capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "resnet18", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
     assert info["params"] == 11_689_512
     assert abs(info["flops"] / 1e9 - 1.819) < 0.005
     assert info["input_size"] == [3, 224, 224]

@@ -6,10 +6,20 @@ from vitlab.plugins import load_method_plugins as load_method_plugins  # methods
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    """The Python API, imported on first use (``import vitlab`` stays light): ``vitlab.episodes``."""
-    if name == "episodes":
-        from vitlab.evaluation.episodes_command import episodes
+_API = {"attack": "vitlab.api", "quantize": "vitlab.api", "frequency_analysis": "vitlab.api",
+        "episodes": "vitlab.evaluation.episodes_command"}
+__all__ = ["attack", "episodes", "frequency_analysis", "load_method_plugins", "models", "quantize"]
 
-        return episodes
+
+def __getattr__(name: str) -> object:
+    """The Python API (docs/api.md), imported on first use so ``import vitlab`` stays light: ``vitlab.attack``,
+    ``vitlab.quantize``, ``vitlab.frequency_analysis``, ``vitlab.episodes``."""
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'vitlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

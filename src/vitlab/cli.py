@@ -1,7 +1,9 @@
 """The ``vitlab`` command.
 
-Every user mistake (bad recipe key, missing file, unknown model) prints one ``error:`` line and exits with 2; a run
-that fails (non-finite loss) exits with 1. Runs under ``torchrun`` the same way as under plain python.
+Every user mistake (bad recipe key, missing file, unknown model, a read-only output folder: a
+:class:`vitlab.errors.UserError`) prints one ``error:`` line and exits with 2 (under ``torchrun`` rank 0 prints it and
+every rank exits with 2); a run that fails (non-finite loss) exits with 1; any other exception is a fault of vitlab and
+keeps its traceback. Runs under ``torchrun`` the same way as under plain python.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -30,8 +32,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return 0
     names = list_vitlab_models(args.pattern or "*")
     if not names:
-        print(f"no vitlab model matches {args.pattern!r}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        from vitlab.errors import ConfigError
+
+        raise ConfigError(f"pattern {args.pattern!r}: no vitlab model matches (`vitlab models` lists them all)")
     rows = []
     for name in names:
         info = model_info(name, flops=args.flops)
@@ -82,23 +85,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from vitlab.evaluation.episodes_command import run_episodes
 
         return run_episodes(args)
+    if args.model is not None:
+        from vitlab.evaluation.classification import run_model_eval
+
+        return run_model_eval(args)
     import torch
     from torch.utils.data import DataLoader
 
     from vitlab.config import apply_overrides, load_config
     from vitlab.data import build_dataset
-    from vitlab.engine.checkpoint import load_method
+    from vitlab.data.catalog import data_config
+    from vitlab.engine.checkpoint import check_data_fits, check_writable, load_method
+    from vitlab.models.external import check_model_choice
 
-    method, _ = load_method(args.ckpt)
+    check_model_choice(args)
+    if args.out:
+        check_writable(Path(args.out).parent, "--out folder")
+    method, ckpt = load_method(args.ckpt)
     cfg = method.cfg
     if args.config is not None:
         cfg.data = load_config(args.config, args.set).data
     elif args.set:
         cfg = apply_overrides(cfg, args.set)
-    # the same evaluation sets as training used (methods may add their own, e.g. a k-NN memory bank)
-    datasets = {k: v for k, v in type(method).build_datasets(cfg).items() if k != "train"}
-    if args.split != "test":
+    cfg.data = data_config(args, cfg.data)
+    if args.data is not None:  # another set than the run's: its --split only
+        datasets = {"test": build_dataset(cfg.data, args.split, train=False)}
+    else:  # the same evaluation sets as training used (methods may add their own, e.g. a k-NN memory bank)
+        datasets = {k: v for k, v in type(method).build_datasets(cfg).items() if k != "train"}
+    if args.split != "test" and args.data is None:
         datasets["test"] = build_dataset(cfg.data, args.split, train=False)
+    check_data_fits(args.ckpt, ckpt, datasets, cfg.data)
     loaders = {k: DataLoader(v, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
                for k, v in datasets.items()}
     with torch.no_grad():
@@ -120,6 +136,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from vitlab.config import ConfigError
+
+    if args.model is not None:  # any model: written as a vitlab checkpoint first, then exported like one
+        from vitlab.models.external import export_outside_checkpoint
+
+        args.ckpt = str(export_outside_checkpoint(args))
 
     if args.format == "safetensors":
         from vitlab.engine.export import export_safetensors
@@ -161,6 +182,7 @@ def _register_extra_commands() -> None:
         ("quantize", "vitlab.quant.command", "data-free quantization: clusterq | gdfq | zeroq"),
         ("analyze", "vitlab.analysis.command", "frequency analysis and overlays of a trained model"),
         ("lens", "vitlab.analysis.lens_command", "AR-lens overlay of a checkpoint's CAM / attention map on an image"),
+        ("data", "vitlab.data.command", "the bundled data sets (sizes, classes) and the formats --data-root reads"),
     ):
         try:
             module = importlib.import_module(module_name)
@@ -173,8 +195,17 @@ def _register_extra_commands() -> None:
         _EXPORTERS.update(exporters)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's one-line errors: ``error: vitlab train: ... (see vitlab train --help)``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        if _is_reporting_rank():
+            print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitlab", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="vitlab", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list registered vitlab models with params (and FLOPs)")
@@ -202,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="the metrics of a checkpoint's task")
     p.add_argument("-c", "--config", default=None, help="recipe whose data section to evaluate on (default: the run's)")
-    p.add_argument("--ckpt", required=True)
+    from vitlab.data.catalog import add_data_arguments
+    from vitlab.models.external import add_model_arguments
+
+    add_model_arguments(p)
+    add_data_arguments(p, data_flag=False)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--split", default="test")
     p.add_argument("--confusion", action="store_true", help="also print the confusion matrix")
@@ -212,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_episode_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("export", help="export a checkpoint's model")
-    p.add_argument("--ckpt", required=True)
+    p = sub.add_parser("export", help="export a checkpoint's model (or any model with --model)")
+    add_model_arguments(p)
+    add_data_arguments(p, default="none; with --model --format int8: the calibration images")
     p.add_argument("--format", default="safetensors")
     p.add_argument("--out", default=None, help="output folder (default: <run>/export)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -233,42 +269,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from vitlab.config import ConfigError
-    from vitlab.engine.checkpoint import CheckpointError
-
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, FileNotFoundError]
-    try:
-        from vitlab.data import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
+def _is_reporting_rank() -> bool:
+    """Under ``torchrun`` (``RANK`` set) only global rank 0 prints a user error; every rank still exits with 2."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    user_errors = _user_errors()
     from vitlab.engine.trainer import NonFiniteLossError
+    from vitlab.errors import UserError
 
     try:
         return int(args.func(args) or 0)
-    except user_errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ValueError as exc:
-        # vitlab raises ValueError for bad input, with a message naming the setting; VITLAB_DEBUG=1 shows the trace
+    except (UserError, FileNotFoundError) as exc:
+        # only mistakes the user can fix are shortened (VITLAB_DEBUG=1 shows their trace); any other exception is a
+        # fault of vitlab and keeps its traceback
         if os.environ.get("VITLAB_DEBUG"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        if _is_reporting_rank():
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if _is_reporting_rank():
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUN_FAILED
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if _is_reporting_rank():
+            print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -19,9 +19,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message is one line naming the key."""
+from vitlab.errors import ConfigError as ConfigError  # re-exported: `from vitlab.config import ConfigError`
+from vitlab.errors import os_reason
 
 
 @dataclass
@@ -69,6 +68,14 @@ class VideoConfig:
 
 
 @dataclass
+class GlyphsConfig:
+    """The ``glyphs`` sets' renders and font split; the defaults are the recorded sets (every figure in docs/)."""
+
+    render_seed: int = 0  # 0: the recorded renders; another value re-draws every render's size, shift and rotation
+    test_fonts: list[str] | None = None  # the held-out fonts of glyphs / glyphs_novel; null: the recorded four
+
+
+@dataclass
 class DataConfig:
     """Which data set, where, and how it is loaded. Images come out in [0, 1]; normalisation lives in the model."""
 
@@ -82,13 +89,14 @@ class DataConfig:
     num_workers: int = 0
     aug: AugConfig = field(default_factory=AugConfig)
     video: VideoConfig = field(default_factory=VideoConfig)  # video sets only
+    glyphs: GlyphsConfig = field(default_factory=GlyphsConfig)  # glyphs sets only
 
 
 @dataclass
 class ModelConfig:
     """Any timm model, vitlab models included (they register into timm on ``import vitlab``)."""
 
-    name: str = "resnet18"
+    name: str = "resnet18"  # any timm / vitlab name, or a user's path/to/file.py:factory (kwargs are its arguments)
     num_classes: int | None = None  # None: taken from the data set
     in_chans: int | None = None  # None: taken from data.channels
     drop_path_rate: float = 0.0
@@ -99,7 +107,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw", "sgd"] = "adamw"
+    name: Literal["adamw", "sgd", "adam"] = "adamw"  # adam: L2 added to the gradient (TransZero++'s optimizer)
     lr: float = 1e-3  # peak learning rate (after warm-up), for the global batch
     min_lr: float = 0.0  # final learning rate of the cosine schedule
     weight_decay: float = 0.05
@@ -268,10 +276,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"recipe {path}: file not found (recipes live under recipes/<method>/*.yaml)")
         try:
             loaded = OmegaConf.load(path)
+        except OSError as exc:
+            raise ConfigError(f"recipe {path}: cannot be read ({os_reason(exc)})") from None
         except Exception as exc:  # yaml errors carry their own line numbers
             raise ConfigError(f"recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"recipe {path}: expected a mapping of sections (data, model, method, optim, ...)")
+        if len(loaded) == 0:  # an empty file (or only comments) would silently train every default
+            raise ConfigError(f"recipe {path}: the file is empty; expected a mapping of sections (data, model, "
+                              "method, optim, ...); for every default write `name: <run name>`")
         raw = loaded
     try:
         merged_raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(_parse_overrides(overrides or [])))
@@ -351,8 +364,8 @@ def validate(cfg: RunConfig) -> None:
     require(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "null or an integer >= 1",
              t.steps_per_epoch)
     require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
-    if not cfg.name or "/" in cfg.name:
-        raise ConfigError(f"name: got {cfg.name!r}, expected a non-empty run name without '/'")
+    if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
+        raise ConfigError(f"name: got {cfg.name!r}, expected a run name (a folder inside out_dir, without '/')")
     check = getattr(cfg.method, "validate", None)
     if callable(check):
         check()

@@ -61,3 +61,28 @@ def test_finished_rows_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "sun_s0.json").write_text("{}")
     assert plan.run_row("sun", 0, tmp_path / "runs", tmp_path, 0.2) == tmp_path / "sun_s0.json"
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_glyphs_plan_paths_and_bad_data(tmp_path: Path) -> None:
+    plan = _load("sun_plan")
+    (tmp_path / "cnn_s1.json").write_text("{}")  # finished: nothing is trained
+    assert plan.main(["--data", "glyphs", "--rows", "cnn", "--seeds", "1", "--results", str(tmp_path),
+                      "--out", str(tmp_path / "runs")]) == 0
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit) as caught:
+        plan.main(["--data", "cifar"])
+    assert caught.value.code == 2
+    for row in ("teacher", "sun", "sun_patch", "sun_bgf", "baseline_pretrain", "meta"):  # every stage has a recipe
+        for data in plan.DATA:
+            assert (plan.RECIPES / f"{data}_{row}.yaml").is_file()
+
+
+def test_sun_fewshot_cnn_row(tmp_path: Path) -> None:
+    tables = _load("tables")
+    (tmp_path / "sun").mkdir()
+    for row, acc in {"baseline": 40.0, "sun": 50.0, "cnn": 44.0}.items():
+        for seed in range(3):
+            (tmp_path / "sun" / f"{row}_s{seed}.json").write_text(json.dumps(_record(row, seed, acc + seed, 0.4)))
+    lines = tables.sun_fewshot([json.loads(p.read_text()) for p in sorted((tmp_path / "sun").iterdir())]).splitlines()
+    assert lines[-3].startswith("| Meta-Baseline with a ResNet-12-like CNN")
+    assert lines[-3].endswith("| 0, 1, 2 | 45.00 ± 0.40; 1.00 | 55.00 ± 0.20; 1.00 | 40.00 |")

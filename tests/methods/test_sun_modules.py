@@ -12,12 +12,12 @@ from vitlab.losses.sun import patch_targets, sun_loss
 from vitlab.methods.sun import (
     MetaBaseline,
     PatchClassifier,
-    PatchMapError,
     SUNConfig,
     check_teacher,
     patch_features,
     stage2_loss,
 )
+from vitlab.models import NoFeatureMapError
 
 
 def _vit() -> nn.Module:
@@ -45,7 +45,7 @@ def test_a_backbone_without_a_patch_map_is_a_clear_error() -> None:
         def forward_features(self, x: torch.Tensor) -> torch.Tensor:
             return x.flatten(1)[:, :8]
 
-    with pytest.raises(PatchMapError, match="model Pooled: forward_features gives \\(2, 8\\), no patch map"):
+    with pytest.raises(NoFeatureMapError, match="Pooled.forward_features gives a 2-D \\(2, 8\\) output"):
         patch_features(Pooled(), torch.rand(2, 3, 4, 4))
 
 

@@ -37,6 +37,8 @@ FINAL_MAP = {  # (C, h, w) at the registered input size
     "test_visformer_fs32": (128, 4, 4),
     "test_nest_fs32": (128, 4, 4),
     "test_lvvit_fs32": (96, 4, 4),
+    "resnet12_80": (640, 5, 5),
+    "test_resnet12_fs32": (128, 4, 4),
 }
 TINY_PARAMS = {"test_visformer_fs32": 326_768, "test_nest_fs32": 383_632, "test_lvvit_fs32": 199_808}
 
@@ -108,6 +110,22 @@ def test_visformer_structure() -> None:
     with torch.no_grad():
         stem = model.stem(images(1, 3, 80, 80))
     assert stem.shape == (1, 128, 20, 20)  # conv stem 3 -> 64 -> 128, /4
+
+
+def test_resnet12_structure_and_counts() -> None:
+    """Meta-Baseline's ResNet-12 (12.4M): 4 blocks of 3 convs, widths 64-160-320-640, each block a residual unit."""
+    with torch.device("meta"):
+        assert count(timm.create_model("resnet12_80", num_classes=0)) == 12_424_320
+    model = build("test_resnet12_fs32", num_classes=0)
+    assert count(model) == 501_600
+    assert [block.conv3.out_channels for block in model.layers] == [16, 32, 64, 128]
+    block = model.layers[0]
+    x = images(2, 3, 32, 32)
+    with torch.no_grad():  # the block against its formula: pool(act(bn3(conv3(a(conv2(a(conv1 x))))) + shortcut(x)))
+        act = nn.functional.leaky_relu
+        out = act(block.bn2(block.conv2(act(block.bn1(block.conv1(x)), 0.1))), 0.1)
+        expected = nn.functional.max_pool2d(act(block.bn3(block.conv3(out)) + block.downsample(x), 0.1), 2)
+        torch.testing.assert_close(block(x), expected)
 
 
 def test_lvvit_block_divides_residual_branches() -> None:

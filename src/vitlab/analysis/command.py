@@ -1,6 +1,7 @@
 """``vitlab analyze``: analyses of a trained checkpoint, one sub-command each.
 
-``vitlab analyze frequency --ckpt PATH`` writes, into ``--out`` (default: ``<run folder>/analysis/frequency``):
+``vitlab analyze frequency --ckpt PATH`` (or ``--model file.py:factory --weights W --data NAME``) writes, into
+``--out`` (default: ``<run folder>/analysis/frequency``):
 
 * ``filtered_accuracy.csv`` (radius, filter, top1) and ``filtered_accuracy.png``: top-1 on low-pass and high-pass
   filtered test images over a radius sweep (vitlab spec hat.md §2.6; radius -1 is the clean accuracy);
@@ -19,12 +20,18 @@ from pathlib import Path
 
 import torch
 
+from vitlab.errors import ConfigError
+
 #: analysis name -> (add its arguments, run it, help)
 ANALYSES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
 
 def _frequency_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by vitlab train (last.ckpt / best.ckpt)")
+    from vitlab.data.catalog import add_data_arguments
+    from vitlab.models.external import add_model_arguments
+
+    add_model_arguments(p, "a checkpoint written by vitlab train (last.ckpt / best.ckpt)")
+    add_data_arguments(p, default="the checkpoint's; needed with --model")
     p.add_argument("--out", default=None, help="output folder (default: <run folder>/analysis/frequency)")
     p.add_argument("--radii", default=None,
                    help="comma-separated filter radii in frequency bins, e.g. 1,2,4,8 (default: 1,2,4,6,8,12,16 that "
@@ -43,9 +50,9 @@ def _parse_radii(text: str | None) -> list[float] | None:
     try:
         radii = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"--radii: cannot parse {text!r} (expected comma-separated numbers, e.g. 1,2,4,8)") from None
+        raise ConfigError(f"--radii: cannot parse {text!r} (expected comma-separated numbers, e.g. 1,2,4,8)") from None
     if not radii:
-        raise ValueError("--radii: expected at least one radius")
+        raise ConfigError("--radii: expected at least one radius")
     return radii
 
 
@@ -75,37 +82,52 @@ def hat_delta(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     return step.deltas[-1] * scale.view(view).to(x.dtype)
 
 
+def frequency_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, radii: list[float] | None = None,
+                     batch_size: int = 256, spectrum_n: int = 64, delta_eps: float = 0.0,
+                     num_classes: int | None = None) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+    """What ``vitlab analyze frequency`` measures on images x (N, C, H, W) in [0, 1] and labels y (N,): the rows of
+    :func:`~vitlab.analysis.frequency.filtered_accuracy` and the spectra of the first ``spectrum_n`` images (input,
+    every feature map, and HAT's perturbation when ``delta_eps`` > 0)."""
+    from vitlab.analysis.frequency import filtered_accuracy, relative_log_amplitude, spectra
+
+    rows = filtered_accuracy(model, x, y, radii, batch_size=batch_size)
+    xs, ys = x[:spectrum_n], y[:spectrum_n]
+    curves = spectra(model, xs)
+    if delta_eps > 0:
+        classes = num_classes if num_classes is not None else int(y.max()) + 1
+        curves["delta (HAT)"] = relative_log_amplitude(hat_delta(model, xs, ys, delta_eps, classes))
+    return rows, curves
+
+
 def run_frequency(args: argparse.Namespace) -> int:
-    from vitlab.analysis.frequency import (
-        filtered_accuracy,
-        plot_filtered_accuracy,
-        plot_spectra,
-        relative_log_amplitude,
-        spectra,
-    )
+    from vitlab.analysis.frequency import plot_filtered_accuracy, plot_spectra
     from vitlab.attacks.threat import parse_eps
     from vitlab.data import build_dataset
-    from vitlab.engine.checkpoint import load_method
+    from vitlab.data.catalog import data_config
     from vitlab.evaluation.robust import collect
+    from vitlab.models.external import method_from_args
 
-    ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--ckpt: {ckpt} not found (a checkpoint written by vitlab train)")
     radii = _parse_radii(args.radii)
     delta_eps = parse_eps(args.delta_eps)
-    method, _ = load_method(ckpt)
+    if args.model is not None and args.data is None:
+        raise ValueError("--data: needed with --model (e.g. digits, foolbox-mnist, image_folder --data-root DIR)")
+    method = method_from_args(args, data_config(args) if args.model is not None else None)
     model = method.eval_model().eval()
     cfg = method.cfg
+    if args.ckpt is not None:
+        cfg.data = data_config(args, cfg.data)
     dataset = build_dataset(cfg.data, args.split, train=False)
     x, y = collect(dataset, args.n)
     if x.dim() != 4:
-        raise ValueError(f"analyze frequency: expected images (N, C, H, W), got {tuple(x.shape)} from data.name "
-                         f"{cfg.data.name!r}")
-    out = Path(args.out) if args.out else ckpt.parent / "analysis" / "frequency"
+        raise ConfigError(f"analyze frequency: expected images (N, C, H, W), got {tuple(x.shape)} from data.name "
+                          f"{cfg.data.name!r}")
+    beside = Path(args.ckpt).parent if args.ckpt else Path(".")
+    out = Path(args.out) if args.out else beside / "analysis" / "frequency"
     out.mkdir(parents=True, exist_ok=True)
     label = f"{cfg.model.name} ({cfg.method.name})"
 
-    rows = filtered_accuracy(model, x, y, radii, batch_size=args.batch_size)
+    rows, curves = frequency_points(model, x, y, radii, args.batch_size, args.spectrum_n, delta_eps,
+                                    method.data.num_classes)
     with (out / "filtered_accuracy.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["radius", "filter", "top1"])
@@ -117,10 +139,6 @@ def run_frequency(args: argparse.Namespace) -> int:
             writer.writerow([r["radius"], "highpass", f"{r['highpass']:.4f}"])
     plot_filtered_accuracy({label: rows}, out / "filtered_accuracy.png", f"{cfg.data.name} {args.split}")
 
-    xs, ys = x[: args.spectrum_n], y[: args.spectrum_n]
-    curves = spectra(model, xs)
-    if delta_eps > 0:
-        curves["delta (HAT)"] = relative_log_amplitude(hat_delta(model, xs, ys, delta_eps, method.data.num_classes))
     with (out / "spectrum.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["layer", "index", "frequency_pi", "rel_log_amplitude"])

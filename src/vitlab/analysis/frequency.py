@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
+
 #: radii of the small-scale plan (spec hat.md §6) for 32x32 inputs; larger ones are dropped for smaller images
 DEFAULT_RADII: tuple[float, ...] = (1, 2, 4, 6, 8, 12, 16)
 
@@ -45,8 +47,8 @@ def _check_square(x: Tensor, name: str) -> None:
     if x.dim() < 2:
         raise ValueError(f"{name}: expected a tensor (..., H, W), got shape {tuple(x.shape)}")
     if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"{name}: the frequency filters need square images, got H x W = "
-                         f"{x.shape[-2]} x {x.shape[-1]} (resize or crop to a square first, e.g. data.img_size)")
+        raise ConfigError(f"{name}: the frequency filters need square images, got H x W = "
+                          f"{x.shape[-2]} x {x.shape[-1]} (resize or crop to a square first, e.g. data.img_size)")
 
 
 def frequency_radius(size: int, device: torch.device | None = None) -> Tensor:
@@ -64,8 +66,8 @@ def max_radius(size: int) -> float:
 def _check_radius(radius: float, size: int, name: str) -> None:
     limit = max_radius(size)
     if not (math.isfinite(radius) and 0 <= radius <= limit + 1e-9):
-        raise ValueError(f"{name}: radius {radius} is outside the {size}x{size} spectrum "
-                         f"(expected 0 <= r <= {limit:.3f}, the distance from the DC bin to the corner)")
+        raise ConfigError(f"{name}: radius {radius} is outside the {size}x{size} spectrum "
+                          f"(expected 0 <= r <= {limit:.3f}, the distance from the DC bin to the corner)")
 
 
 def lowpass(x: Tensor, radius: float) -> Tensor:
@@ -246,9 +248,9 @@ def feature_maps(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     finally:
         model.train(was_training)
     if not maps:
-        raise ValueError(f"feature spectrum: model {type(backbone).__name__} exposes no feature maps (it has neither "
-                         "forward_intermediates nor blocks/stages/layers whose outputs are (B, C, H, W) maps or "
-                         "square-grid tokens)")
+        raise ConfigError(f"feature spectrum: model {type(backbone).__name__} exposes no feature maps (it has neither "
+                          "forward_intermediates nor blocks/stages/layers whose outputs are (B, C, H, W) maps or "
+                          "square-grid tokens)")
     return maps
 
 

@@ -4,6 +4,7 @@ Inspired by the image-filter category of the AR survey (Minaee, Liang and Yan, a
 implementation of it. Example::
 
     vitlab lens --ckpt runs/ar_lens_vit/last.ckpt --image photo.jpg --source cam --mode tint --out photo_cam.png
+    vitlab lens --model my_net.py:build --weights my_net.pt --input-size 3,64,64 --image photo.jpg --out cam.png
 
 The image (PNG or JPEG, any size) is resized to ``data.img_size`` × ``data.img_size`` of the checkpoint's config (the
 whole image, aspect not kept, so the map covers all of it; grey when ``data.channels`` is 1) for the model; the map is
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from vitlab.analysis.overlay import BLEND_MODES, LUTS, MAP_SOURCES
+from vitlab.errors import ConfigError
 
 LENSES = ("cartoon", "lut", "sticker")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -27,7 +29,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Overlay a map of a trained model on an image (an 'AR lens', inspired by the AR survey's "
                      "image-filter category).")
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by vitlab train (last.ckpt / best.ckpt)")
+    from vitlab.models.external import add_model_arguments
+
+    add_model_arguments(p, "a checkpoint written by vitlab train (last.ckpt / best.ckpt)")
     p.add_argument("--image", required=True, nargs="+", help="PNG or JPEG file(s), any size")
     p.add_argument("--out", required=True,
                    help="output .png/.jpg for one image; a folder for several (<stem>_<source>_<mode>.png)")
@@ -56,7 +60,7 @@ def _parse_colour(text: str, flag: str) -> tuple[float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"{flag}: expected r,g,b with values in [0, 1], e.g. 1,0,0; got {text!r}")
+        raise ConfigError(f"{flag}: expected r,g,b with values in [0, 1], e.g. 1,0,0; got {text!r}")
     return values[0], values[1], values[2]
 
 
@@ -72,8 +76,8 @@ def read_image(path: Path, mode: str = "RGB", flag: str = "--image") -> torch.Te
         with Image.open(path) as image:
             return pil_to_unit_tensor(image.convert(mode))
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{flag}: cannot read {path} as an image ({type(exc).__name__}); expected PNG or "
-                         "JPEG") from None
+        raise ConfigError(f"{flag}: cannot read {path} as an image ({type(exc).__name__}); expected PNG or "
+                          "JPEG") from None
 
 
 def _model_input(path: Path, size: int, channels: int) -> torch.Tensor:
@@ -91,7 +95,7 @@ def _outputs(images: list[Path], out: Path, source: str, mode: str) -> list[Path
     if len(images) == 1 and out.suffix.lower() in IMAGE_SUFFIXES:
         return [out]
     if len(images) == 1 and out.suffix:
-        raise ValueError(f"--out: {out} must end in .png, .jpg or .jpeg (or be a folder)")
+        raise ConfigError(f"--out: {out} must end in .png, .jpg or .jpeg (or be a folder)")
     return [out / f"{p.stem}_{source}_{mode}.png" for p in images]
 
 
@@ -105,17 +109,16 @@ def run(args: argparse.Namespace) -> int:
         token_map,
     )
     from vitlab.data.transforms import unit_tensor_to_pil
-    from vitlab.engine.checkpoint import load_method
 
     if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha: expected a value in [0, 1], got {args.alpha}")
+        raise ConfigError(f"--alpha: expected a value in [0, 1], got {args.alpha}")
     if args.lens in ("cartoon", "lut") and args.mode not in (None, "recolor"):
-        raise ValueError(f"--lens {args.lens} is applied through the map in mode recolor; drop --mode {args.mode}")
+        raise ConfigError(f"--lens {args.lens} is applied through the map in mode recolor; drop --mode {args.mode}")
     if args.lens == "sticker" and args.mode is not None:
-        raise ValueError("--lens sticker places a sticker at the map's centroid; it takes no --mode")
+        raise ConfigError("--lens sticker places a sticker at the map's centroid; it takes no --mode")
     if args.source in ("segmentation", "attribute"):
-        raise ValueError(f"--source {args.source}: needs a trained segmentation head / a TransZero++ model, which "
-                         "this command does not take; use cam or attention (Python: vitlab.analysis.overlay)")
+        raise ConfigError(f"--source {args.source}: needs a trained segmentation head / a TransZero++ model, which "
+                          "this command does not take; use cam or attention (Python: vitlab.analysis.overlay)")
     colour = _parse_colour(args.color, "--color")
     background = _parse_colour(args.background, "--background")
     mode = args.mode or ("recolor" if args.lens in ("cartoon", "lut") else "heatmap")
@@ -123,10 +126,9 @@ def run(args: argparse.Namespace) -> int:
     originals = [read_image(p) for p in images]  # every input checked before any work
     sticker = read_image(Path(args.sticker), "RGBA", "--sticker") if args.sticker else None
     outputs = _outputs(images, Path(args.out), args.source, args.lens or mode)
-    ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--ckpt: {ckpt} not found (a checkpoint written by vitlab train)")
-    method, _ = load_method(ckpt)
+    from vitlab.models.external import method_from_args
+
+    method = method_from_args(args)
     model = method.eval_model().eval()
     size, channels = int(method.cfg.data.img_size), int(method.cfg.data.channels)
 

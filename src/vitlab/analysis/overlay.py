@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
+
 __all__ = [
     "BLEND_MODES",
     "LUTS",
@@ -91,13 +93,13 @@ def _token_grid(backbone: nn.Module, image_hw: tuple[int, int], num_tokens: int)
     patch_embed = getattr(backbone, "patch_embed", None)
     patch = getattr(patch_embed, "patch_size", None)
     if patch is None:
-        raise ValueError(f"{_model_name(backbone)}: features are a token sequence (B, N, C) but the model has no "
-                         "patch_embed.patch_size to lay them out on a grid")
+        raise ConfigError(f"{_model_name(backbone)}: features are a token sequence (B, N, C) but the model has no "
+                          "patch_embed.patch_size to lay them out on a grid")
     ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
     h, w = image_hw[0] // ph, image_hw[1] // pw
     if h * w != num_tokens:
-        raise ValueError(f"{_model_name(backbone)}: {num_tokens} patch tokens do not fill a {h}x{w} grid "
-                         f"(input {image_hw[0]}x{image_hw[1]}, patch {ph}x{pw})")
+        raise ConfigError(f"{_model_name(backbone)}: {num_tokens} patch tokens do not fill a {h}x{w} grid "
+                          f"(input {image_hw[0]}x{image_hw[1]}, patch {ph}x{pw})")
     return h, w
 
 
@@ -116,16 +118,16 @@ def _position_layouts(model: nn.Module, features: Tensor, image_hw: tuple[int, i
         if features.shape[-1] == channels:
             layouts.append(features)
         if not layouts:
-            raise ValueError(f"{_model_name(model)}: cannot find the {channels} channels in its final map of shape "
-                             f"{tuple(features.shape)}")
+            raise ConfigError(f"{_model_name(model)}: cannot find the {channels} channels in its final map of shape "
+                              f"{tuple(features.shape)}")
         return layouts
     if features.dim() == 3:
         prefix = int(getattr(backbone, "num_prefix_tokens", 0))
         tokens = features[:, prefix:]
         h, w = _token_grid(backbone, image_hw, tokens.shape[1])
         return [tokens.reshape(tokens.shape[0], h, w, tokens.shape[2])]
-    raise ValueError(f"{_model_name(model)}: forward_features returned shape {tuple(features.shape)}; expected a "
-                     "map (B, C, h, w) / (B, h, w, C) or tokens (B, N, C)")
+    raise ConfigError(f"{_model_name(model)}: forward_features returned shape {tuple(features.shape)}; expected a "
+                      "map (B, C, h, w) / (B, h, w, C) or tokens (B, N, C)")
 
 
 def position_features(model: nn.Module, x: Tensor, stage: int | None = None) -> Tensor:
@@ -138,7 +140,7 @@ def position_features(model: nn.Module, x: Tensor, stage: int | None = None) -> 
         return _position_layouts(model, cast(Any, model).forward_features(x), (x.shape[-2], x.shape[-1]))[0]
     backbone = _backbone(model)
     if not hasattr(backbone, "forward_intermediates"):
-        raise ValueError(f"stage={stage}: {_model_name(model)} has no forward_intermediates; use stage=None")
+        raise ConfigError(f"stage={stage}: {_model_name(model)} has no forward_intermediates; use stage=None")
     maps = cast(Any, backbone).forward_intermediates(_input_normalize(model)(x), indices=[stage],
                                                      intermediates_only=True)
     return maps[0].permute(0, 2, 3, 1)  # timm returns NCHW intermediates
@@ -158,27 +160,27 @@ def class_activation_map(model: nn.Module, x: Tensor, target: int | Tensor | Non
     backbone = _backbone(model)
     name = _model_name(model)
     if getattr(backbone, "global_pool", None) == "token":
-        raise ValueError(f"source 'cam': {name} classifies from its CLS token, so it has no exact class activation "
-                         "map; use source 'attention'")
+        raise ConfigError(f"source 'cam': {name} classifies from its CLS token, so it has no exact class activation "
+                          "map; use source 'attention'")
     head = cast(Any, backbone).get_classifier() if hasattr(backbone, "get_classifier") else None
     if not isinstance(head, nn.Linear):
-        raise ValueError(f"source 'cam': {name}'s classifier is {type(head).__name__}, not one linear layer after "
-                         "global average pooling; use source 'attention' (ViTs with a CLS token) or 'segmentation'")
+        raise ConfigError(f"source 'cam': {name}'s classifier is {type(head).__name__}, not one linear layer after "
+                          "global average pooling; use source 'attention' (ViTs with a CLS token) or 'segmentation'")
     timm_model: Any = model
     features = timm_model.forward_features(x)
     pooled = timm_model.forward_head(features, pre_logits=True)
     logits = timm_model.forward_head(features)
     if not torch.allclose(head(pooled), logits, rtol=1e-4, atol=1e-5 * max(1.0, float(logits.abs().max()))):
-        raise ValueError(f"source 'cam': {name}'s head does more than one linear layer after the pooled features; "
-                         "no exact class activation map")
+        raise ConfigError(f"source 'cam': {name}'s head does more than one linear layer after the pooled features; "
+                          "no exact class activation map")
     scale = max(1.0, float(pooled.abs().max()))
     for tokens in _position_layouts(model, features, (x.shape[-2], x.shape[-1])):
         if torch.allclose(tokens.mean(dim=(1, 2)), pooled, rtol=1e-4, atol=1e-5 * scale):
             break
     else:
-        raise ValueError(f"source 'cam': {name}'s pooled features are not the mean of its final per-position "
-                         "features (a CLS token, or a norm after the mean); use source 'attention' for CLS-token "
-                         "ViTs")
+        raise ConfigError(f"source 'cam': {name}'s pooled features are not the mean of its final per-position "
+                          "features (a CLS token, or a norm after the mean); use source 'attention' for CLS-token "
+                          "ViTs")
     if target is None:
         target = logits.argmax(dim=1)
     target = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
@@ -196,8 +198,8 @@ def attention_weights(attention: nn.Module, x: Tensor) -> Tensor:
     qkv = getattr(attention, "qkv", None)
     heads = getattr(attention, "num_heads", None)
     if not isinstance(qkv, nn.Linear) or heads is None:
-        raise ValueError(f"source 'attention': {type(attention).__name__} has no fused qkv projection and num_heads "
-                         "(timm's Attention layout)")
+        raise ConfigError(f"source 'attention': {type(attention).__name__} has no fused qkv projection and num_heads "
+                          "(timm's Attention layout)")
     batch, tokens, _ = x.shape
     q, k, _v = qkv(x).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
     q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
@@ -217,8 +219,8 @@ def cls_attention_map(model: nn.Module, x: Tensor, return_weights: bool = False)
     backbone = _backbone(model)
     blocks = getattr(backbone, "blocks", None)
     if getattr(backbone, "cls_token", None) is None or blocks is None or not hasattr(blocks[-1], "attn"):
-        raise ValueError(f"source 'attention': {_model_name(model)} is not a ViT with a CLS token; use source 'cam' "
-                         "(global-average-pooled heads) or 'segmentation'")
+        raise ConfigError(f"source 'attention': {_model_name(model)} is not a ViT with a CLS token; use source 'cam' "
+                          "(global-average-pooled heads) or 'segmentation'")
     captured: dict[str, Tensor] = {}
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -299,10 +301,10 @@ def token_map(model: nn.Module, x: Tensor, source: str, **kw: Any) -> Tensor:
     The model runs in eval mode without gradients; its train flags are restored.
     """
     if source not in MAP_SOURCES:
-        raise ValueError(f"source: unknown map source {source!r} (allowed: {', '.join(MAP_SOURCES)})")
+        raise ConfigError(f"source: unknown map source {source!r} (allowed: {', '.join(MAP_SOURCES)})")
     if source == "attribute":
-        raise ValueError("source 'attribute': needs a TransZero++ model (spec transzero.md), which vitlab does not "
-                         "provide yet; use cam, attention or segmentation")
+        raise ConfigError("source 'attribute': needs a TransZero++ model (spec transzero.md), which vitlab does not "
+                          "provide yet; use cam, attention or segmentation")
     with _EvalMode(model), torch.no_grad():
         if source == "cam":
             return class_activation_map(model, x, kw.get("target"))
@@ -310,8 +312,8 @@ def token_map(model: nn.Module, x: Tensor, source: str, **kw: Any) -> Tensor:
             return cls_attention_map(model, x)
         head = kw.get("head")
         if not isinstance(head, SegmentationHead):
-            raise ValueError("source 'segmentation': needs head=, a SegmentationHead trained with "
-                             "train_segmentation_head on masks")
+            raise ConfigError("source 'segmentation': needs head=, a SegmentationHead trained with "
+                              "train_segmentation_head on masks")
         return torch.sigmoid(head(position_features(model, x, head.stage)))
 
 

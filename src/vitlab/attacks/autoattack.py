@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from vitlab.attacks.apgd import apgd, apgd_targeted
 from vitlab.attacks.threat import check_norm, check_unit_range, max_perturbation, model_mode
+from vitlab.errors import ConfigError
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 KNOWN_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
@@ -63,8 +64,8 @@ def output_range_check(model: nn.Module, x: Tensor) -> None:
         out = model(x)
     tol = 1e-5
     if out.max() < 1 + tol and out.min() > -tol and ((out.sum(-1) - 1).abs() < tol).all():
-        raise ValueError("model outputs look like probabilities (in [0, 1], summing to 1): attacks need logits; "
-                         "remove the final softmax")
+        raise ConfigError("model outputs look like probabilities (in [0, 1], summing to 1): attacks need logits; "
+                          "remove the final softmax")
 
 
 class _LogCapture(logging.Handler):
@@ -81,7 +82,7 @@ class _LogCapture(logging.Handler):
 def _check_attacks(attacks: list[str], backend: str) -> None:
     for name in attacks:
         if name not in KNOWN_ATTACKS:
-            raise ValueError(f"attack: unknown attack {name!r} (allowed: {', '.join(KNOWN_ATTACKS)})")
+            raise ConfigError(f"attack: unknown attack {name!r} (allowed: {', '.join(KNOWN_ATTACKS)})")
 
 
 class AutoAttackProtocol:
@@ -104,18 +105,18 @@ class AutoAttackProtocol:
         self.norm = check_norm(norm)
         self.eps = float(eps)
         if version not in ("standard", "custom"):
-            raise ValueError(f"version: got {version!r}, expected standard or custom")
+            raise ConfigError(f"version: got {version!r}, expected standard or custom")
         if backend not in BACKENDS:
-            raise ValueError(f"backend: got {backend!r}, expected one of {', '.join(BACKENDS)}")
+            raise ConfigError(f"backend: got {backend!r}, expected one of {', '.join(BACKENDS)}")
         if version == "standard":
             if attacks is not None and list(attacks) != list(STANDARD_ATTACKS):
-                raise ValueError("attacks: only version='custom' takes a list of attacks")
+                raise ConfigError("attacks: only version='custom' takes a list of attacks")
             attacks = list(STANDARD_ATTACKS)
         elif not attacks:
-            raise ValueError("attacks: version='custom' needs a non-empty list of attacks")
+            raise ConfigError("attacks: version='custom' needs a non-empty list of attacks")
         _check_attacks(list(attacks), backend)
         if seed is None:
-            raise ValueError("seed: the protocol needs an explicit seed (a clock-based seed is not reproducible)")
+            raise ConfigError("seed: the protocol needs an explicit seed (a clock-based seed is not reproducible)")
         self.attacks = list(attacks)
         self.version = version
         self.seed = int(seed)

@@ -15,6 +15,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError, DataError
+
 NORMS = ("Linf", "L2")
 #: how the model runs while an attack computes gradients (``attack_mode`` of the training recipes)
 AttackMode = Literal["eval", "train_frozen_bn", "train"]
@@ -28,7 +30,7 @@ def check_norm(norm: str) -> str:
     canonical = {n.lower(): n for n in NORMS}
     key = str(norm).lower()
     if key not in canonical:
-        raise ValueError(f"norm: unknown norm {norm!r} (allowed: {', '.join(NORMS)})")
+        raise ConfigError(f"norm: unknown norm {norm!r} (allowed: {', '.join(NORMS)})")
     return canonical[key]
 
 
@@ -39,15 +41,15 @@ def parse_eps(text: str | float) -> float:
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+)\s*)?", str(text))
         if match is None:
-            raise ValueError(f"eps: cannot parse {text!r} (expected a number such as 0.031 or a fraction like 8/255)")
+            raise ConfigError(f"eps: cannot parse {text!r} (expected a number such as 0.031 or a fraction like 8/255)")
         value = float(match.group(1))
         if match.group(2) is not None:
             denominator = float(match.group(2))
             if denominator == 0:
-                raise ValueError(f"eps: {text!r} divides by zero")
+                raise ConfigError(f"eps: {text!r} divides by zero")
             value /= denominator
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"eps: got {text!r}, expected a finite budget >= 0")
+        raise ConfigError(f"eps: got {text!r}, expected a finite budget >= 0")
     return value
 
 
@@ -72,8 +74,8 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
 def check_unit_range(x: Tensor, name: str = "inputs") -> None:
     """Raise ValueError unless every value of ``x`` is in [0, 1] (attacks never see normalised images)."""
     if x.numel() and (x.min() < -_RANGE_TOL or x.max() > 1 + _RANGE_TOL):
-        raise ValueError(f"{name}: values in [{float(x.min()):.4g}, {float(x.max()):.4g}], expected images in [0, 1] "
-                         "(normalisation belongs inside the model, e.g. vitlab.models.ImageClassifier)")
+        raise DataError(f"{name}: values in [{float(x.min()):.4g}, {float(x.max()):.4g}], expected images in [0, 1] "
+                        "(normalisation belongs inside the model, e.g. vitlab.models.ImageClassifier)")
 
 
 def max_perturbation(x_adv: Tensor, x: Tensor, norm: str) -> float:

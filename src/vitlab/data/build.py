@@ -18,6 +18,7 @@ from vitlab.config import DataConfig
 from vitlab.data.cifar import CIFAR_STATS, read_cifar, rgb_to_grey
 from vitlab.data.dataset import DataError, TensorImageDataset, channel_stats, keep_first_per_class
 from vitlab.data.digits import DIGITS_CLASSES, load_digits_split
+from vitlab.data.foolbox import FOOLBOX_SETS, build_foolbox
 from vitlab.data.glyphs import (
     GLYPH_CLASSES,
     GLYPH_FONTS,
@@ -153,9 +154,9 @@ def build_glyphs(cfg: DataConfig, split: str, train: bool) -> GlyphDataset:
 
     ``fonts`` holds the font name of every image.
     """
-    renders = load_glyph_renders()
-    indices = classification_indices(renders, split)
-    train_indices = classification_indices(renders, "train")
+    renders = load_glyph_renders(cfg.glyphs.render_seed)
+    indices = classification_indices(renders, split, cfg.glyphs.test_fonts)
+    train_indices = classification_indices(renders, "train", cfg.glyphs.test_fonts)
     return _glyph_dataset(cfg, train, renders, indices, train_indices, None, split == "train")
 
 
@@ -170,7 +171,7 @@ def build_glyphs_fewshot(cfg: DataConfig, split: str, train: bool) -> GlyphDatas
     if split not in splits:
         raise DataError(f"glyphs_fewshot: unknown split {split!r} (allowed: base, val, novel; train = base, "
                         "test = novel)")
-    renders = load_glyph_renders()
+    renders = load_glyph_renders(cfg.glyphs.render_seed)
     chosen = splits[split]
     indices = np.flatnonzero(np.isin(renders.labels, chosen))
     base_indices = np.flatnonzero(np.isin(renders.labels, splits["base"]))
@@ -183,9 +184,9 @@ def build_glyphs_novel(cfg: DataConfig, split: str, train: bool) -> GlyphDataset
     on classes a model never saw, e.g. after self-supervised pretraining on the base classes)."""
     if split not in ("train", "test"):
         raise DataError(f"glyphs_novel: unknown split {split!r} (allowed: train, test)")
-    renders = load_glyph_renders()
+    renders = load_glyph_renders(cfg.glyphs.render_seed)
     classes = fewshot_classes()
-    indices = classification_indices(renders, split)
+    indices = classification_indices(renders, split, cfg.glyphs.test_fonts)
     indices = indices[np.isin(renders.labels[indices], classes["novel"])]
     base_indices = np.flatnonzero(np.isin(renders.labels, classes["base"]))
     label_map = {label: k for k, label in enumerate(classes["novel"])}
@@ -193,14 +194,22 @@ def build_glyphs_novel(cfg: DataConfig, split: str, train: bool) -> GlyphDataset
 
 
 def build_image_folder(cfg: DataConfig, split: str, train: bool) -> ImageFolderDataset:
-    """``image_folder``: ``root/train/<class>/*`` and ``root/val`` or ``root/test``; ImageNet mean / std."""
+    """``image_folder``: ``root/train/<class>/*`` and ``root/val`` or ``root/test``; ImageNet mean / std.
+
+    A folder with none of train / val / test is a test-only set, ``root/<class>/*`` (its splits other than train;
+    the sorted class folders give the labels, and a class folder may be empty).
+    """
     if cfg.root is None:
         raise DataError("data.root: image_folder needs the folder that holds train/ and val/ (or test/)")
     root = Path(cfg.root).expanduser()
-    train_dir = split_folder(root, "train")
+    if split != "train" and root.is_dir() and not any((root / s).is_dir() for s in ("train", "val", "test")):
+        train_dir = folder = root  # a test-only folder: ROOT/<class>/*
+    else:
+        train_dir = split_folder(root, "train")
+        folder = split_folder(root, split)
     classes = list_classes(train_dir)
-    folder = split_folder(root, split)
-    paths, targets = list_images(folder, classes, require_every_class=folder == train_dir)
+    test_only = folder == train_dir and split != "train"  # a test set may lack some classes
+    paths, targets = list_images(folder, classes, require_every_class=folder == train_dir and not test_only)
     if split == "train" and cfg.train_per_class is not None:
         keep = keep_first_per_class(targets, cfg.train_per_class)
         paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]
@@ -234,3 +243,5 @@ register_dataset("glyphs_novel", build_glyphs_novel)
 register_dataset("image_folder", build_image_folder)
 register_dataset("cifar10", _build_cifar("cifar10"))
 register_dataset("cifar100", _build_cifar("cifar100"))
+for _name in FOOLBOX_SETS:
+    register_dataset(_name, build_foolbox(_name))

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vitlab.errors import DataError as DataError  # re-exported: `from vitlab.data.dataset import DataError`
+
 # Up-sampled copies of in-memory sets are computed once when they fit in this budget; above it (e.g. CIFAR at
 # 224 px) each item is resized when it is read instead.
 PRECOMPUTE_BUDGET_BYTES = 1 << 30
@@ -23,10 +25,6 @@ PRECOMPUTE_BUDGET_BYTES = 1 << 30
 SUBSET_SEED = 0
 
 ImageTransform = Callable[[Tensor], Tensor]
-
-
-class DataError(ValueError):
-    """A missing, corrupt or misconfigured data set; the message names the file or key and the expected layout."""
 
 
 def keep_first_per_class(targets: Sequence[int], per_class: int, seed: int = SUBSET_SEED) -> list[int]:

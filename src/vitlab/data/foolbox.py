@@ -7,7 +7,9 @@ foolbox-cifar10``, the ``foolbox_cifar10`` data set of the quantisation checks, 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,3 +45,29 @@ def foolbox_images(kind: str = "cifar10") -> tuple[Tensor, Tensor]:
     images = torch.from_numpy(np.stack(arrays))
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous(), torch.tensor([label for _, label, _ in found], dtype=torch.int64)
+
+
+FOOLBOX_SETS = {f"foolbox-{kind.lower()}": kind for kind in FOOLBOX_CLASSES}  # data.name -> the wheel's set
+
+
+def build_foolbox(name: str) -> Callable[[Any, str, bool], Any]:
+    """The ``data.name`` builder of one foolbox set: its 20 images (split ``test`` only), mean / std their own."""
+    kind = FOOLBOX_SETS[name]
+
+    def build(cfg: Any, split: str, train: bool) -> Any:
+        from vitlab.data.cifar import rgb_to_grey
+        from vitlab.data.dataset import TensorImageDataset, channel_stats
+
+        if split != "test":
+            raise DataError(f"{name}: only a 'test' split exists (the 20 images of the foolbox wheel), got {split!r}")
+        images, labels = foolbox_images(kind)
+        if images.shape[1] == 3 and cfg.channels == 1:
+            images = torch.from_numpy(rgb_to_grey(images.numpy()))
+        mean, std = channel_stats(images)
+        if len(mean) == 1 and cfg.channels == 3:
+            mean, std = mean * 3, std * 3
+        return TensorImageDataset(images, labels.tolist(), [str(k) for k in range(FOOLBOX_CLASSES[kind])],
+                                  cfg.img_size, cfg.channels, mean, std)
+
+    build.__doc__ = f"``{name}``: the 20 real {kind} test images of the foolbox wheel (split ``test``)."
+    return build

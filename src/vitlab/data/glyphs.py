@@ -90,9 +90,13 @@ def font_coverage() -> dict[str, tuple[str, ...]]:
     return {char: tuple(f for f in GLYPH_FONTS if ord(char) in code_points[f]) for char in GLYPH_CLASSES}
 
 
-def glyph_seed(char: str, font: str, index: int) -> int:
-    """The seed of one render: a hash of (class, font, index), identical on every machine and Python version."""
-    digest = hashlib.sha256(f"glyphs-v{GLYPHS_VERSION}|U+{ord(char):04X}|{font}|{index}".encode()).digest()
+def glyph_seed(char: str, font: str, index: int, render_seed: int = 0) -> int:
+    """The seed of one render: a hash of (class, font, index), identical on every machine and Python version.
+
+    ``render_seed`` 0 gives the recorded renders; any other value a different, equally fixed, draw.
+    """
+    extra = f"|seed{render_seed}" if render_seed else ""
+    digest = hashlib.sha256(f"glyphs-v{GLYPHS_VERSION}|U+{ord(char):04X}|{font}|{index}{extra}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
@@ -101,13 +105,13 @@ def _truetype(font: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(font_path(font)), size)
 
 
-def render_glyph(char: str, font: str, index: int) -> np.ndarray:
+def render_glyph(char: str, font: str, index: int, render_seed: int = 0) -> np.ndarray:
     """One render (OUTPUT_SIZE, OUTPUT_SIZE) uint8: white glyph on black, as specs/data.md "Rendering" says.
 
     Font size a random 55-80% of the 64 px canvas; the glyph's ink box centred, then shifted by up to 3 px each
     way; rotated by up to 12 degrees (bilinear); Lanczos down-sampled to 32 px.
     """
-    rng = random.Random(glyph_seed(char, font, index))
+    rng = random.Random(glyph_seed(char, font, index, render_seed))
     size = round(rng.uniform(*FONT_FRACTION) * CANVAS)
     shift_x = rng.randint(-MAX_SHIFT, MAX_SHIFT)
     shift_y = rng.randint(-MAX_SHIFT, MAX_SHIFT)
@@ -128,14 +132,14 @@ def render_glyph(char: str, font: str, index: int) -> np.ndarray:
     return np.asarray(small, dtype=np.uint8)
 
 
-def _render_all() -> dict[str, np.ndarray]:
+def _render_all(render_seed: int = 0) -> dict[str, np.ndarray]:
     coverage = font_coverage()
     images, labels, fonts, renders = [], [], [], []
     start = time.perf_counter()
     for label, char in enumerate(GLYPH_CLASSES):
         for font in coverage[char]:
             for index in range(RENDERS_PER_FONT):
-                images.append(render_glyph(char, font, index))
+                images.append(render_glyph(char, font, index, render_seed))
                 labels.append(label)
                 fonts.append(GLYPH_FONTS.index(font))
                 renders.append(index)
@@ -150,10 +154,11 @@ def _render_all() -> dict[str, np.ndarray]:
     }
 
 
-def _cache_params() -> dict[str, object]:
+def _cache_params(render_seed: int = 0) -> dict[str, object]:
     import PIL
 
-    return {
+    seed: dict[str, object] = {"render_seed": render_seed} if render_seed else {}  # the recorded key stays as it was
+    return {**seed,
         "generator": "glyphs", "version": GLYPHS_VERSION, "classes": GLYPH_CLASSES, "fonts": list(GLYPH_FONTS),
         "canvas": CANVAS, "output_size": OUTPUT_SIZE, "font_fraction": list(FONT_FRACTION), "max_shift": MAX_SHIFT,
         "max_rotation": MAX_ROTATION, "renders_per_font": RENDERS_PER_FONT,
@@ -184,16 +189,29 @@ class GlyphDataset(TensorImageDataset):
         self.fonts = list(fonts)
 
 
-def load_glyph_renders() -> GlyphRenders:
-    """All renders, from the cache or rendered now (about 10,000 images, a few seconds)."""
-    arrays = cached_arrays("glyphs", _cache_params(), _render_all)
+def load_glyph_renders(render_seed: int = 0) -> GlyphRenders:
+    """All renders, from the cache or rendered now (about 10,000 images, a few seconds); ``render_seed`` as in
+    :func:`glyph_seed`."""
+    arrays = cached_arrays("glyphs", _cache_params(render_seed), lambda: _render_all(render_seed))
     return GlyphRenders(arrays["images"], arrays["labels"].astype(np.int64), arrays["fonts"].astype(np.int64),
                         arrays["renders"].astype(np.int64))
 
 
-def classification_indices(renders: GlyphRenders, split: str) -> np.ndarray:
-    """Indices of the font-disjoint ``glyphs`` split: "train" (training fonts) or "test" (the 4 test fonts)."""
-    test_font_ids = [GLYPH_FONTS.index(f) for f in TEST_FONTS]
+def check_test_fonts(fonts: Sequence[str] | None) -> tuple[str, ...]:
+    """``data.glyphs.test_fonts`` checked against :data:`GLYPH_FONTS` (None: the recorded :data:`TEST_FONTS`)."""
+    if fonts is None:
+        return TEST_FONTS
+    unknown = [f for f in fonts if f not in GLYPH_FONTS]
+    if unknown or not fonts or len(set(fonts)) == len(GLYPH_FONTS):
+        raise DataError(f"data.glyphs.test_fonts: got {list(fonts)}; expected some (not all) of "
+                        f"{', '.join(GLYPH_FONTS)}" + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
+    return tuple(fonts)
+
+
+def classification_indices(renders: GlyphRenders, split: str, test_fonts: Sequence[str] | None = None) -> np.ndarray:
+    """Indices of the font-disjoint ``glyphs`` split: "train" (training fonts) or "test" (the test fonts: the 4 of
+    :data:`TEST_FONTS` unless ``test_fonts`` names others)."""
+    test_font_ids = [GLYPH_FONTS.index(f) for f in check_test_fonts(test_fonts)]
     is_test_font = np.isin(renders.fonts, test_font_ids)
     if split == "train":
         keep = ~is_test_font & (renders.renders < TRAIN_RENDERS)

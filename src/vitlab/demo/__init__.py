@@ -19,11 +19,12 @@ from pathlib import Path
 
 from vitlab.demo.report import SectionResult, write_report
 from vitlab.demo.sections import SECTIONS, DemoSection, demo_section, plot_training_curves, recipe_path
+from vitlab.errors import ConfigError
 
 __all__ = ["SECTIONS", "SECTION_MODULES", "DemoSection", "TourResult", "demo_section", "load_sections",
            "plot_training_curves", "recipe_path", "run_demo", "run_tour"]
 
-SECTION_MODULES = ("supervised", "iformer", "robust", "hat", "video", "clusterq", "mugs", "sun", "ar")
+SECTION_MODULES = ("supervised", "iformer", "robust", "hat", "video", "clusterq", "mugs", "sun", "transzero", "rift", "ar")
 
 
 def _import_failure(name: str, trace: str) -> DemoSection:
@@ -94,7 +95,7 @@ def run_tour(out: Path, quick: bool = False, sections: list[str] | None = None) 
     if sections:
         unknown = [s for s in sections if s not in known]
         if unknown:
-            raise ValueError(f"--only: unknown section(s) {unknown} (available: {', '.join(known)})")
+            raise ConfigError(f"--only: unknown section(s) {unknown} (available: {', '.join(known)})")
         sections_in_order = [s for s in sections_in_order if s.name in sections]
     out.mkdir(parents=True, exist_ok=True)
     result = TourResult(out / "report.md", out / "report.html")

@@ -21,38 +21,63 @@ import torch
 from torch import nn
 
 from vitlab.config import RunConfig, from_container, to_container
+from vitlab.errors import CheckpointError as CheckpointError  # re-exported
+from vitlab.errors import OutputError, writing
 
 CKPT_FORMAT = "vitlab-ckpt"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not a vitlab checkpoint; the message names the file."""
-
-
-def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None], what: str = "file") -> None:
     """Write through ``write`` into a temporary file in the same folder, flush it to disk, then rename it over
-    ``path``. An exception (or a kill) during the write leaves any previous file at ``path`` untouched."""
+    ``path``. An exception (or a kill) during the write leaves any previous file at ``path`` untouched; a file-system
+    error (read-only folder, disk full, file-size limit) is an :class:`~vitlab.errors.OutputError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+    with writing(path, what, kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Raise an :class:`~vitlab.errors.OutputError` now, before any work, if ``folder`` (or the nearest folder above
+    it that exists) does not take a new file; leaves nothing behind."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{what} {folder}: cannot be written ({existing} is a file, not a folder)")
+    with writing(folder, what), tempfile.TemporaryFile(dir=existing):
+        pass
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that never leaves a half-written file (see :func:`_atomic_write`)."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+
+    def write(f: BinaryIO) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) as a RuntimeError
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
+
+    _atomic_write(path, write, "checkpoint" if str(path).endswith(".ckpt") else "file")
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` through a temporary file (see :func:`_atomic_write`)."""
+
     def write(f: BinaryIO) -> None:
         f.write(data)
 
@@ -86,15 +111,63 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found (a run writes runs/<name>/last.ckpt and best.ckpt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path}: the file is empty (a run writes runs/<name>/last.ckpt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot be read as a weights-only torch file "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"checkpoint {path}: cannot be read as a weights-only torch file ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a vitlab checkpoint (expected a dict with format "
                               f"{CKPT_FORMAT!r}; for a bare state dict use `--model NAME --weights PATH`)")
     return ckpt
+
+
+def _describe(method: Any, model: Any, num_classes: Any) -> str:
+    return f"method {method}, model.name {model} with {num_classes} classes"
+
+
+def check_state_fits(path: str | Path, ckpt: Mapping[str, Any], cfg: RunConfig, num_classes: int,
+                     state: Mapping[str, Any]) -> None:
+    """Raise a :class:`CheckpointError` naming both models when the checkpoint's weights do not fit ``state`` (the
+    state dict of the method built from ``cfg``): another architecture, another class count, another method."""
+    saved = ckpt.get("method") or {}
+    missing = [k for k in state if k not in saved]
+    unexpected = [k for k in saved if k not in state]
+    reshaped = [k for k in state if k in saved and getattr(state[k], "shape", None) is not None
+                and tuple(getattr(saved[k], "shape", ())) != tuple(state[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return
+    theirs = ckpt.get("config") or {}
+    their_info = ckpt.get("data_info") or {}
+    detail = (f"{len(reshaped)} tensors of another shape, e.g. {reshaped[0]}" if reshaped else
+              f"{len(missing)} missing and {len(unexpected)} unexpected tensors, e.g. "
+              f"{(missing or unexpected)[0]}")
+    held = _describe((theirs.get("method") or {}).get("name"), (theirs.get("model") or {}).get("name"),
+                     their_info.get("num_classes"))
+    built = _describe(cfg.method.name, cfg.model.name, num_classes)
+    raise CheckpointError(f"checkpoint {path}: holds {held}, but this run builds {built} ({detail}); resume with the "
+                          "run's own recipe (its config.yaml) or start another run name")
+
+
+def check_data_fits(path: str | Path, ckpt: Mapping[str, Any], datasets: Mapping[str, Any], data: Any) -> None:
+    """Raise a :class:`~vitlab.errors.DataError` when the data sets (built from the ``data`` section ``data``) have
+    more classes, or other channels, than the checkpoint's model was trained for."""
+    from vitlab.errors import DataError
+
+    info = ckpt.get("data_info") or {}
+    model = (ckpt.get("config") or {}).get("model") or {}
+    trained = info.get("num_classes")
+    for split, dataset in datasets.items():
+        classes = getattr(dataset, "num_classes", None)
+        if trained is not None and classes is not None and int(classes) > int(trained):
+            raise DataError(f"data.name {data.name} ({split} split): {classes} classes, but checkpoint {path} "
+                            f"holds model.name {model.get('name')} trained for {trained} classes; evaluate on data "
+                            "with the checkpoint's classes")
+    if info.get("channels") is not None and data.channels != info["channels"]:
+        raise DataError(f"data.channels: got {data.channels}, but checkpoint {path} holds model.name "
+                        f"{model.get('name')} trained on {info['channels']}-channel images")
 
 
 def load_run_config(path: str | Path) -> RunConfig:

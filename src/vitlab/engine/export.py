@@ -15,7 +15,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from vitlab.engine.checkpoint import CheckpointError, atomic_write_bytes, load_method
+from vitlab.engine.checkpoint import CheckpointError, atomic_write_bytes, check_writable, load_method
+from vitlab.errors import writing
 from vitlab.models.classifier import ImageClassifier, InputNormalize
 
 
@@ -27,7 +28,7 @@ def export_safetensors(ckpt_path: str | Path, out_dir: str | Path | None = None)
         raise CheckpointError(f"checkpoint {ckpt_path}: its model is a {type(model).__name__}, not an image classifier")
     cfg, info = method.cfg, ckpt["data_info"]
     out = Path(out_dir) if out_dir is not None else Path(ckpt_path).parent / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "export folder")
     backbone = model.model
     norm = model.normalize
     mean = norm.mean.tolist() if isinstance(norm, InputNormalize) else [0.0] * info["channels"]
@@ -44,8 +45,14 @@ def export_safetensors(ckpt_path: str | Path, out_dir: str | Path | None = None)
                                  "interpolation": "bilinear", "crop_pct": 1.0}}
     state = {k: v.detach().contiguous().clone() for k, v in backbone.state_dict().items()}
     tmp = out / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out / "model.safetensors")
+    kept = "the previous export is intact" if (out / "model.safetensors").exists() else "nothing was written"
+    with writing(out / "model.safetensors", "export", kept):
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+            tmp.replace(out / "model.safetensors")
+        finally:
+            tmp.unlink(missing_ok=True)
     atomic_write_bytes(json.dumps(config, indent=2).encode(), out / "config.json")
     return out
 

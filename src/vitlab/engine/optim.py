@@ -20,11 +20,13 @@ from vitlab.engine.schedules import constant_schedule, cosine_schedule, step_sch
 
 
 def build_optimizer(cfg: RunConfig, groups: Iterable[Any]) -> torch.optim.Optimizer:
-    """The ``optim`` section's optimizer (SGD or AdamW) over parameter groups (or a plain parameter iterable)."""
+    """The ``optim`` section's optimizer (SGD, AdamW or Adam with L2) over parameter groups (or a plain parameter iterable)."""
     o = cfg.optim
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), weight_decay=o.weight_decay)
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), weight_decay=o.weight_decay)
 
 

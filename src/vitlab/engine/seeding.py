@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitlab.errors import ConfigError
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -103,8 +105,8 @@ class ShardedBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __init__(self, num_items: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool = True) -> None:
         if num_items < batch_size * world_size:
-            raise ValueError(f"the training set has {num_items} items, fewer than one global batch "
-                             f"({batch_size} x {world_size} processes): lower data.batch_size")
+            raise ConfigError(f"the training set has {num_items} items, fewer than one global batch "
+                              f"({batch_size} x {world_size} processes): lower data.batch_size")
         self.num_items, self.batch_size, self.rank, self.world_size = num_items, batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.epoch = 0

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -24,7 +26,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitlab.config import ConfigError, RunConfig, to_yaml
-from vitlab.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from vitlab.engine.checkpoint import (
+    atomic_write_bytes,
+    check_state_fits,
+    check_writable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from vitlab.engine.ema import ModelEma
 from vitlab.engine.logging import RunLogger
 from vitlab.engine.optim import FabricStepHelper, apply_schedule, build_optimizer, build_schedules
@@ -35,10 +43,11 @@ from vitlab.engine.seeding import (
     restore_rng_state,
     seed_everything,
 )
+from vitlab.errors import writing
 from vitlab.methods.base import METHODS, DataInfo, Method, Progress, build_method, data_info_from
 
-__all__ = ["NonFiniteLossError", "Run", "RunExistsError", "data_info_from", "make_fabric", "manual_step",
-           "setup_optimization", "train"]
+__all__ = ["NonFiniteLossError", "Run", "RunExistsError", "TrainingInterrupted", "data_info_from", "make_fabric",
+           "manual_step", "setup_optimization", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,6 +56,10 @@ class NonFiniteLossError(RuntimeError):
 
 class RunExistsError(ConfigError):
     """The run folder already holds a checkpoint and neither resume nor overwrite was asked for."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped training after a whole step; ``last.ckpt`` holds it, ``--resume`` goes on."""
 
 
 def make_fabric(cfg: RunConfig) -> Any:
@@ -108,6 +121,7 @@ class Run:
     window_start: float = field(default_factory=time.time)
     window_items: int = 0
     bar: Any = None
+    stop_signal: str | None = None  # "SIGINT" / "SIGTERM" once one arrived: stop at the next step, resumable
 
     @property
     def rank(self) -> int:
@@ -130,6 +144,7 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     run.bar = _progress_bar(cfg.train.progress and run.rank == 0, min(run.total_steps, run.max_steps) - run.step,
                             "train")
     run.window_start = time.time()
+    handlers = _catch_stop_signals(run)
     try:
         for epoch in range(run.start_epoch, cfg.train.epochs):
             if run.step >= run.max_steps:
@@ -140,7 +155,10 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
                 save_last(run, epoch, position)
                 break
             end_of_epoch(run, epoch)
+            if epoch + 1 < cfg.train.epochs and run.step < run.max_steps and _stop_requested(run):
+                _stop(run, epoch + 1)
     finally:
+        _restore_signal_handlers(handlers)
         if run.bar is not None:
             run.bar.stop()
         run.logger.close()
@@ -152,8 +170,10 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
     """Processes and seeds, the run folder, data and method, optimizers wrapped by Fabric, and the resumed state."""
     fabric = make_fabric(cfg)
     fabric.launch()
-    ckpt = _prepare_run_dir(cfg, fabric, resume, overwrite)
+    ckpt, ckpt_path = _prepare_run_dir(cfg, fabric, resume, overwrite)
     method, datasets, info = _build_method(cfg, fabric)
+    if ckpt is not None:  # before anything is written: a checkpoint of another model is a one-line error
+        check_state_fits(str(ckpt_path), ckpt, cfg, info.num_classes, method.state_dict())
     rank, world = fabric.global_rank, fabric.world_size
     ema = ModelEma(method.eval_model(), cfg.ema.decay) if cfg.ema.enabled else None
 
@@ -161,9 +181,11 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
     train_items = SeededItems(datasets["train"], cfg.train.seed)
     sampler = ShardedBatchSampler(len(train_items), bs, rank, world, cfg.train.seed)
     loader = DataLoader(train_items, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        collate_fn=method.collate(), generator=torch.Generator().manual_seed(cfg.train.seed))
+                        collate_fn=method.collate(), generator=torch.Generator().manual_seed(cfg.train.seed),
+                        worker_init_fn=_ignore_stop_signals)
     eval_loaders = {name: DataLoader(_eval_subset(ds, rank, world), batch_size=cfg.data.eval_batch_size,
-                                     shuffle=False, num_workers=cfg.data.num_workers)
+                                     shuffle=False, num_workers=cfg.data.num_workers,
+                                     worker_init_fn=_ignore_stop_signals)
                     for name, ds in datasets.items() if name != "train"}
     batches_per_epoch, steps_per_epoch = _epoch_length(cfg, len(train_items), world)
     total_steps = cfg.train.epochs * steps_per_epoch
@@ -177,7 +199,8 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
     if ema is not None:
         ema.to(fabric.device)
 
-    logger = RunLogger(cfg.run_dir, enabled=rank == 0, resume_step=ckpt["step"] if ckpt is not None else None)
+    with writing(cfg.run_dir, "run folder"):
+        logger = RunLogger(cfg.run_dir, enabled=rank == 0, resume_step=ckpt["step"] if ckpt is not None else None)
     run = Run(cfg=cfg, fabric=fabric, method=method, module=module, optimizers=optimizers,
               helper=helper, ema=ema, info=info,
               train_items=train_items, sampler=sampler, loader=loader, eval_loaders=eval_loaders, schedules=schedules,
@@ -211,21 +234,29 @@ def setup_optimization(cfg: RunConfig, fabric: Any, method: Method) -> tuple[Any
     return module, wrapped, FabricStepHelper(fabric, module, cfg.optim.clip_grad, wrapped)
 
 
-def _prepare_run_dir(cfg: RunConfig, fabric: Any, resume: str | None, overwrite: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from (or None); refuses to overwrite a run unless asked, clears it when asked."""
+def _prepare_run_dir(cfg: RunConfig, fabric: Any, resume: str | None,
+                     overwrite: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The checkpoint to resume from and its path (or None, None); refuses to overwrite a run unless asked, clears
+    it when asked (only vitlab's own files inside the run folder), and checks that the run folder can be written."""
     run_dir = cfg.run_dir
+    if fabric.global_rank == 0:
+        check_writable(run_dir, "run folder")
     if resume == "last":
         resume = str(run_dir / "last.ckpt")
     if resume is None and (run_dir / "last.ckpt").exists() and not overwrite:
         raise RunExistsError(f"run folder {run_dir} already holds last.ckpt: pass --resume to continue it, "
                              "--overwrite to start again, or choose another --set name=...")
     ckpt = load_checkpoint(resume) if resume else None
+    if fabric.global_rank == 0 and run_dir.is_dir():  # temporary files of a write that was killed (kill -9)
+        for name in ("last.ckpt", "best.ckpt", "config.yaml"):
+            for stale in run_dir.glob(f".{name}.*tmp"):
+                stale.unlink(missing_ok=True)
     if fabric.global_rank == 0 and ckpt is None and overwrite and run_dir.exists():
         for stale in ("last.ckpt", "best.ckpt", "metrics.csv", "log.txt", "tb", "export"):
-            p = run_dir / stale
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            p = run_dir / stale  # a link is removed, never followed: nothing outside the run folder is deleted
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
     fabric.barrier()
-    return ckpt
+    return ckpt, resume
 
 
 def _build_method(cfg: RunConfig, fabric: Any) -> tuple[Method, dict[str, Dataset], DataInfo]:
@@ -306,6 +337,9 @@ def train_one_epoch(run: Run, epoch: int, first: int) -> int:
         every = cfg.train.ckpt_every_steps
         if every and run.step % every == 0 and position < run.batches_per_epoch:
             save_last(run, epoch, position)
+        if position < run.batches_per_epoch and _stop_requested(run):
+            save_last(run, epoch, position)
+            _stop(run, epoch)
     return position
 
 
@@ -408,6 +442,51 @@ def save_last(run: Run, epoch: int, batch_in_epoch: int) -> None:
                         ema=run.ema.state_dict() if run.ema is not None else None, step=run.step, epoch=epoch,
                         batch_in_epoch=batch_in_epoch, rng=rng_states, metrics=run.last_metrics, best=run.best)
     run.fabric.barrier()
+
+
+# ---- stop signals ------------------------------------------------------------------------------------------------
+def _catch_stop_signals(run: Run) -> dict[signal.Signals, Any] | None:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) stop training after the current step with a resumable
+    ``last.ckpt``; a second signal acts at once. Returns the previous handlers (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if run.stop_signal is not None:  # the second one: act at once
+            _restore_signal_handlers(previous)
+            signal.raise_signal(signum)
+            return
+        run.stop_signal = signal.Signals(signum).name
+        if run.rank == 0:
+            print(f"{run.stop_signal}: stopping after this step (again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return previous
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers leave Ctrl-C to the main process (which stops after the step and saves)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _restore_signal_handlers(previous: dict[signal.Signals, Any] | None) -> None:
+    for sig, old in (previous or {}).items():
+        signal.signal(sig, old)
+
+
+def _stop_requested(run: Run) -> bool:
+    """Whether a stop signal arrived, in any process (all processes stop at the same step)."""
+    stop = run.stop_signal is not None
+    if run.world > 1:
+        stop = bool(run.fabric.all_reduce(torch.tensor(float(stop)), reduce_op="sum") > 0)
+    return stop
+
+
+def _stop(run: Run, epoch: int) -> None:
+    run.logger.info(f"stopped by {run.stop_signal or 'a signal'} at epoch {epoch} step {run.step}; "
+                    f"{run.cfg.run_dir / 'last.ckpt'} holds it")
+    raise TrainingInterrupted(f"stopped at epoch {epoch} step {run.step}; {run.cfg.run_dir / 'last.ckpt'} holds it: "
+                              "continue with --resume")
 
 
 # ---- small pieces ------------------------------------------------------------------------------------------------

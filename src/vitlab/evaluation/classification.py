@@ -63,3 +63,32 @@ def evaluate_classifier(model: nn.Module, loader: Any, fabric: Any | None, num_c
     if return_confusion:
         out["confusion"] = cm.cpu()
     return out
+
+
+def run_model_eval(args: Any) -> int:
+    """``vitlab eval --model file.py:factory|NAME [--weights W] --data NAME``: top-1 / top-5 / loss on ``--split``."""
+    import json
+
+    from torch.utils.data import DataLoader
+
+    from vitlab.data import build_dataset
+    from vitlab.data.catalog import data_config
+    from vitlab.models.external import method_from_args
+
+    if args.data is None:
+        raise ValueError("--data: needed with --model (e.g. digits, foolbox-mnist, image_folder --data-root DIR)")
+    method = method_from_args(args, data_config(args))
+    dataset = build_dataset(method.cfg.data, args.split, train=False)
+    loader = DataLoader(dataset, batch_size=method.cfg.data.eval_batch_size)
+    with torch.no_grad():
+        metrics = evaluate_classifier(method.eval_model(), loader, None, method.data.num_classes,
+                                      return_confusion=args.confusion)
+    printable = {"model": method.source, "data": args.data, "split": args.split, "images": len(dataset)}  # type: ignore[arg-type]
+    printable.update({k: (round(v, 4) if isinstance(v, float) else v.tolist() if isinstance(v, torch.Tensor) else v)
+                      for k, v in metrics.items()})
+    print(json.dumps(printable))
+    if args.out:
+        from vitlab.engine.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(json.dumps(printable, indent=2).encode(), args.out)
+    return 0

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vitlab.data.episodes import EpisodeShape, check_episode_source, class_members, sample_episodes
+from vitlab.errors import DataError
 
 Head = Literal["cosine", "euclidean", "logistic"]
 HEADS: tuple[Head, ...] = ("cosine", "euclidean", "logistic")
@@ -53,7 +54,7 @@ def embed_dataset(feature_fn: FeatureFn, dataset: Dataset[dict[str, Any]], batch
         if on_batch is not None:
             on_batch(1)
     if not features:
-        raise ValueError("embed_dataset: the dataset is empty; expected at least one image")
+        raise DataError("embed_dataset: the dataset is empty; expected at least one image")
     return torch.cat(features), torch.cat(labels)
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from vitlab.errors import ConfigError
 from vitlab.evaluation.episodes import HEADS, embed_dataset, evaluate_episodes
 
 FEATURES = ("auto", "gap", "pre_logits")
@@ -47,8 +48,8 @@ def fewshot_counterpart(name: str) -> str:
         return name
     if name in FEWSHOT_COUNTERPARTS:
         return FEWSHOT_COUNTERPARTS[name]
-    raise ValueError(f"--data: the checkpoint trained on {name!r}, which has no few-shot counterpart; name a few-shot "
-                     f"set ({', '.join(FEWSHOT_SETS)}) or any registered set with --data")
+    raise ConfigError(f"--data: the checkpoint trained on {name!r}, which has no few-shot counterpart; name a few-shot "
+                      f"set ({', '.join(FEWSHOT_SETS)}) or any registered set with --data")
 
 
 def _unwrap(model: nn.Module) -> tuple[Callable[[Tensor], Tensor], nn.Module]:
@@ -84,7 +85,7 @@ def episode_feature_fn(model: nn.Module, feature: str = "auto",
     from vitlab.models.fewshot import NoFeatureMapError, feature_map, pooled_feature
 
     if feature not in FEATURES:
-        raise ValueError(f"--feature: got {feature!r}, expected one of {', '.join(FEATURES)}")
+        raise ConfigError(f"--feature: got {feature!r}, expected one of {', '.join(FEATURES)}")
     preprocess, core = _unwrap(model)
 
     def gap(x: Tensor) -> Tensor:
@@ -93,7 +94,7 @@ def episode_feature_fn(model: nn.Module, feature: str = "auto",
     def pre_logits(x: Tensor) -> Tensor:
         forward_head = getattr(core, "forward_head", None)
         if not callable(forward_head):
-            raise ValueError(f"--feature pre_logits: {type(core).__name__} has no forward_head; use --feature gap")
+            raise ConfigError(f"--feature pre_logits: {type(core).__name__} has no forward_head; use --feature gap")
         return forward_head(core.forward_features(preprocess(x)), pre_logits=True)  # type: ignore[operator]
 
     if feature == "gap":
@@ -162,11 +163,11 @@ def episodes(model: nn.Module | str | Path, dataset: Dataset[dict[str, Any]], wa
         model = load_eval_model(model)
     for head in heads:
         if head not in HEADS:
-            raise ValueError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
+            raise ConfigError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
     if ci not in CI_KINDS:
-        raise ValueError(f"--ci: got {ci!r}, expected one of {', '.join(CI_KINDS)}")
+        raise ConfigError(f"--ci: got {ci!r}, expected one of {', '.join(CI_KINDS)}")
     if not shots:
-        raise ValueError("--shots: give at least one shot count")
+        raise ConfigError("--shots: give at least one shot count")
     _check_source(dataset, ways, shots, queries, source="episodes")
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -216,9 +217,11 @@ def add_episode_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("few-shot episodes (--episodes)")
     g.add_argument("--episodes", action="store_true",
                    help="few-shot episodes on the checkpoint's backbone features instead of the task metrics")
+    from vitlab.data.catalog import data_names_help
+
     g.add_argument("--data", default=None,
                    help="data set of the episodes (default: the checkpoint's few-shot counterpart, e.g. digits -> "
-                        "digits_fewshot)")
+                        "digits_fewshot), and of the metrics of --model; " + data_names_help())
     g.add_argument("--ways", type=int, default=5)
     g.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     g.add_argument("--queries", type=int, default=15)
@@ -233,19 +236,25 @@ def run_episodes(args: argparse.Namespace) -> int:
     """``vitlab eval --ckpt PATH --episodes``: print the table, write the JSON to ``--out`` atomically."""
     from vitlab.config import apply_overrides, load_config
     from vitlab.data import build_dataset
-    from vitlab.engine.checkpoint import atomic_write_bytes, load_method
+    from vitlab.engine.checkpoint import atomic_write_bytes
 
     for head in args.heads:  # before loading anything
         if head not in HEADS:
-            raise ValueError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
+            raise ConfigError(f"--heads: unknown head {head!r} (allowed: {', '.join(HEADS)})")
     if args.ci not in CI_KINDS:
-        raise ValueError(f"--ci: got {args.ci!r}, expected one of {', '.join(CI_KINDS)}")
-    method, _ = load_method(args.ckpt)
+        raise ConfigError(f"--ci: got {args.ci!r}, expected one of {', '.join(CI_KINDS)}")
+    from vitlab.data.catalog import data_config
+    from vitlab.models.external import method_from_args
+
+    if args.model is not None and args.data is None:
+        raise ConfigError(f"--data: needed with --model (a few-shot set: {', '.join(FEWSHOT_SETS)}, or any set)")
+    method = method_from_args(args, data_config(args) if args.model is not None else None)
     cfg = method.cfg
     if args.config is not None:
         cfg.data = load_config(args.config, args.set).data
     elif args.set:
         cfg = apply_overrides(cfg, args.set)
+    cfg.data = data_config(args, cfg.data, name=cfg.data.name)
     name = args.data or fewshot_counterpart(cfg.data.name)
     from vitlab.data.build import FEWSHOT_ALIASES
 
@@ -256,7 +265,7 @@ def run_episodes(args: argparse.Namespace) -> int:
     report = episodes(method.eval_model(), dataset, args.ways, args.shots, args.queries, args.n_episodes,
                       args.episode_seed, args.heads, args.ci, args.feature, cfg.data.eval_batch_size,
                       device="cuda" if torch.cuda.is_available() else "cpu", progress=True)
-    report = {"ckpt": str(args.ckpt), "data": name, "split": split, **report}
+    report = {"ckpt": str(args.ckpt or method.source), "data": name, "split": split, **report}
     print(f"{name} / {split}: " + format_table(report)[0])
     for line in format_table(report)[1:]:
         print(line)

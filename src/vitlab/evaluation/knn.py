@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vitlab.errors import ConfigError, DataError
 from vitlab.losses.distributed import gather_variable
 
 FeatureFn = Callable[[Tensor], Tensor]
@@ -29,7 +30,7 @@ def extract_features(feature_fn: FeatureFn, loader: Iterable[Any], device: torch
         features.append(feature_fn(x).float())
         labels.append(torch.as_tensor(batch["label"]).to(device))
     if not features:
-        raise ValueError("extract_features: the loader yielded no batch; expected a non-empty evaluation split")
+        raise DataError("extract_features: the loader yielded no batch; expected a non-empty evaluation split")
     return gather_variable(torch.cat(features)).cpu(), gather_variable(torch.cat(labels)).cpu()
 
 
@@ -46,9 +47,9 @@ def knn_predict_scores(train_features: Tensor, train_labels: Tensor, test_featur
         {k: (M, num_classes) summed vote weights}.
     """
     if not ks or min(ks) < 1:
-        raise ValueError(f"knn: ks {list(ks)} must be a non-empty list of integers >= 1")
+        raise ConfigError(f"knn: ks {list(ks)} must be a non-empty list of integers >= 1")
     if temperature <= 0:
-        raise ValueError(f"knn: temperature {temperature} must be > 0")
+        raise ConfigError(f"knn: temperature {temperature} must be > 0")
     if train_features.shape[0] == 0:
         raise ValueError("knn: no training features")
     max_k = min(max(ks), train_features.shape[0])

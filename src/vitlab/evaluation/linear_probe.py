@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
 from vitlab.models.classifier import ImageClassifier
 
 
@@ -46,7 +47,7 @@ def last_blocks_features(classifier: nn.Module, x: Tensor, last_blocks: int = 4,
         return embed(x)
     blocks = list(vit.blocks)
     if not 1 <= last_blocks <= len(blocks):
-        raise ValueError(f"method.eval.probe_last_blocks: got {last_blocks}, expected 1..{len(blocks)} (the depth)")
+        raise ConfigError(f"method.eval.probe_last_blocks: got {last_blocks}, expected 1..{len(blocks)} (the depth)")
     tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(normalize(x)))))
     outputs = []
     for i, block in enumerate(blocks):
@@ -63,7 +64,7 @@ def train_linear_probe(train_features: Tensor, train_labels: Tensor, num_classes
                        base_lr: float = 0.015, batch_size: int = 1024, seed: int = 0) -> nn.Linear:
     """SGD (momentum 0.9, no weight decay) on fixed features (N, D); lr = base_lr · batch/256, cosine per step."""
     if epochs < 1 or batch_size < 1 or base_lr <= 0:
-        raise ValueError(f"linear probe: epochs {epochs}, batch_size {batch_size} and lr {base_lr} must be positive")
+        raise ConfigError(f"linear probe: epochs {epochs}, batch_size {batch_size} and lr {base_lr} must be positive")
     generator = torch.Generator().manual_seed(seed)
     probe = nn.Linear(train_features.shape[1], num_classes)
     with torch.no_grad():

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from vitlab.errors import ConfigError
+
 #: the distillation kinds :func:`deit_distillation_loss` computes
 DISTILL_TYPES = ("soft", "hard")
 
@@ -31,7 +33,7 @@ def deit_distillation_loss(student: Tensor, teacher: Tensor, kind: str, tau: flo
     if kind == "soft":
         return F.kl_div(F.log_softmax(student / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1),
                         reduction="sum", log_target=True) * (tau * tau) / student.numel()
-    raise ValueError(f"deit_distillation_loss: kind {kind!r} is not one of {', '.join(DISTILL_TYPES)}")
+    raise ConfigError(f"deit_distillation_loss: kind {kind!r} is not one of {', '.join(DISTILL_TYPES)}")
 
 
 def deit_total_loss(base: Tensor, student: Tensor, teacher: Tensor, kind: str, alpha: float,

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vitlab.errors import ConfigError
+
 #: the distances between two probability vectors that ``score.distance`` accepts (besides an Lp norm "p=<number>")
 DISTANCES = ("se", "kl", "js", "js_sqrt", "l1_square", "kl_sqrt", "rkl_sqrt")
 
@@ -26,9 +28,9 @@ def smoothed_targets(labels: Tensor, num_classes: int, smoothing: float,
     not timm's ``label_smoothing`` (which spreads ``s/K`` over all classes).
     """
     if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothed_targets: smoothing {smoothing} must be in [0, 1)")
+        raise ConfigError(f"smoothed_targets: smoothing {smoothing} must be in [0, 1)")
     if num_classes < 2:
-        raise ValueError(f"smoothed_targets: num_classes {num_classes} must be >= 2")
+        raise ConfigError(f"smoothed_targets: num_classes {num_classes} must be >= 2")
     off = smoothing / (num_classes - 1)
     onehot = F.one_hot(labels, num_classes).to(dtype)
     return (1.0 - num_classes * off) * onehot + off
@@ -67,7 +69,7 @@ def probability_distance(p: Tensor, q: Tensor, name: str) -> Tensor:
         return (p - q).abs().sum(-1).square()
     if name.startswith("p="):
         return torch.linalg.vector_norm(p - q, ord=float(name[2:]), dim=-1)
-    raise ValueError(f"probability_distance: unknown distance {name!r} (allowed: {', '.join(DISTANCES)} or p=<r>)")
+    raise ConfigError(f"probability_distance: unknown distance {name!r} (allowed: {', '.join(DISTANCES)} or p=<r>)")
 
 
 def check_distance_name(name: str) -> None:
@@ -80,7 +82,7 @@ def check_distance_name(name: str) -> None:
                 return
         except ValueError:
             pass
-    raise ValueError(f"unknown distance {name!r} (allowed: {', '.join(DISTANCES)} or p=<r> with r > 0)")
+    raise ConfigError(f"unknown distance {name!r} (allowed: {', '.join(DISTANCES)} or p=<r> with r > 0)")
 
 
 def clip_bound(clip: float, num_classes: int, distance: str = "se") -> float:

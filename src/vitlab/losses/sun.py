@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vitlab.errors import ConfigError
+
 PatchTarget = Literal["multi_hot", "teacher_prob_topk"]
 PatchReduction = Literal["mean", "sum"]
 OFFICIAL_BACKGROUND_INDEX = 1  # where the official code's background `on` lands (see the module docstring)
@@ -31,7 +33,7 @@ OFFICIAL_BACKGROUND_INDEX = 1  # where the official code's background `on` lands
 def background_count(num_patches: int, ratio: float) -> int:
     """Background patches per image: round(ratio · N) (10 of 25 at the spec's 0.4; 6 of 16 at the small scale)."""
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"sun.bg_ratio: got {ratio}, expected a value in [0, 1)")
+        raise ConfigError(f"sun.bg_ratio: got {ratio}, expected a value in [0, 1)")
     return int(round(ratio * num_patches))
 
 
@@ -67,9 +69,9 @@ def patch_targets(teacher_logits: Tensor, top_k: int, bg_count: int, smoothing: 
     """
     batch, patches, classes = teacher_logits.shape
     if not 1 <= top_k < classes:
-        raise ValueError(f"sun.top_k: got {top_k} for {classes} base classes, expected 1 <= top_k < C (pitfall 6)")
+        raise ConfigError(f"sun.top_k: got {top_k} for {classes} base classes, expected 1 <= top_k < C (pitfall 6)")
     if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"sun.smoothing: got {smoothing}, expected a value in [0, 1)")
+        raise ConfigError(f"sun.smoothing: got {smoothing}, expected a value in [0, 1)")
     logits = teacher_logits.detach().float()
     top = top_k_classes(logits, top_k)
     background = background_mask(logits, bg_count)
@@ -85,7 +87,7 @@ def patch_targets(teacher_logits: Tensor, top_k: int, bg_count: int, smoothing: 
         bg = logits.new_zeros(classes + 1)
         bg[bg_index] = 1.0
     else:
-        raise ValueError(f"sun.patch_target: unknown {target!r} (allowed: multi_hot, teacher_prob_topk)")
+        raise ConfigError(f"sun.patch_target: unknown {target!r} (allowed: multi_hot, teacher_prob_topk)")
     return torch.where(background.unsqueeze(-1), bg.expand_as(foreground), foreground)
 
 
@@ -103,7 +105,7 @@ def patch_loss(student_logits: Tensor, targets: Tensor, reduction: PatchReductio
         return per_patch.mean()
     if reduction == "sum":
         return per_patch.sum(dim=1).mean()
-    raise ValueError(f"sun.patch_reduction: unknown {reduction!r} (allowed: mean, sum)")
+    raise ConfigError(f"sun.patch_reduction: unknown {reduction!r} (allowed: mean, sum)")
 
 
 def sun_loss(global_logits: Tensor, labels: Tensor, student_patch_logits: Tensor, targets: Tensor,

@@ -104,7 +104,7 @@ def symmetric_kl(logits: Tensor, p_clean: Tensor) -> Tensor:
 def pass_weights(iters: int, ce_weight: float, kl_weight: float) -> list[tuple[float, float]]:
     """(CE weight, KL weight) of each of the K passes: (1, w_kl), then (w_ce/(K−1), w_kl/(K−1)) (spec §2.2)."""
     if iters < 1:
-        raise ValueError(f"HAT: adv_iters {iters} must be >= 1")
+        raise ConfigError(f"HAT: adv_iters {iters} must be >= 1")
     if iters == 1:
         return [(1.0, kl_weight)]
     return [(1.0, kl_weight)] + [(ce_weight / (iters - 1), kl_weight / (iters - 1))] * (iters - 1)

@@ -5,8 +5,9 @@ Three stages (§1): (1) a supervised teacher on the base classes (backbone -> gl
 position against the teacher's location-specific labels (:mod:`vitlab.losses.sun`), on spatially consistent views
 (:mod:`vitlab.data.sca`); (3) Meta-Baseline meta-tuning (cosine prototypes, learnable temperature).
 
-The engine-free pieces: :func:`patch_features` (any backbone with a final patch map), :class:`PatchClassifier`
-(teacher and student), :func:`stage2_loss`, :class:`MetaBaseline`. The three registered methods on the contract:
+The engine-free pieces: :func:`patch_features` (any backbone with a final patch map, through
+:func:`vitlab.models.feature_map`), :class:`PatchClassifier` (teacher and student), :func:`stage2_loss`,
+:class:`MetaBaseline`. The three registered methods on the contract:
 
 - ``sun_teacher`` (stage 1): the ``supervised`` method on the base split, evaluated by few-shot episodes (its
   checkpoint is what ``sun`` loads as the teacher; the plain ``supervised`` method's checkpoint loads too);
@@ -22,7 +23,6 @@ by ``fs1_acc``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +35,11 @@ from torch.utils.data import Dataset, Subset
 
 from vitlab.config import ConfigError, MethodConfig, RunConfig, require
 from vitlab.data.sca import SCAConfig
+from vitlab.errors import CheckpointError
 from vitlab.losses.sun import PatchReduction, PatchTarget, background_count, patch_targets, sun_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
 from vitlab.methods.supervised import Supervised, SupervisedConfig
+from vitlab.models.fewshot import feature_map
 
 # token_label_weight of the official configs, used only with use_config_weight (pitfall 1).
 CONFIG_PATCH_WEIGHTS = {"mini_imagenet": 0.5, "cifar_fs": 0.75, "tiered_imagenet": 0.75}
@@ -93,35 +95,14 @@ class SUNConfig(MethodConfig):
         return CONFIG_PATCH_WEIGHTS.get(dataset, self.patch_weight) if self.use_config_weight else self.patch_weight
 
 
-class PatchMapError(ValueError):
-    """The backbone has no final patch map (SUN needs one)."""
-
-
-def _inner(model: nn.Module) -> nn.Module:
-    return getattr(model, "model", model)  # ImageClassifier wraps the timm model as .model
-
-
 def patch_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The final patch map of ``model`` as tokens (B, N, D), row-major, and their global average pool (B, D).
+    """The final patch map of ``model`` (a timm-contract backbone, or a vitlab ``ImageClassifier`` around one) as
+    tokens (B, N, D), row-major, and their global average pool (B, D).
 
-    ``model.forward_features`` may return a map (B, D, H, W) (CNNs, Visformer, NesT) or tokens (B, P + N, D) with
-    P prefix tokens (timm's ``num_prefix_tokens``) and N a square number (ViTs). Anything else is a
-    :class:`PatchMapError` naming the model.
+    The map is :func:`vitlab.models.feature_map`'s (CNNs, Visformer, NesT, LV-ViT, timm ViTs without their prefix
+    tokens, iFormer); a backbone without one raises its ``NoFeatureMapError`` naming the model.
     """
-    features = model.forward_features(x)  # type: ignore[operator]
-    name = type(_inner(model)).__name__
-    if features.dim() == 4:
-        tokens = features.flatten(2).transpose(1, 2)
-    elif features.dim() == 3:
-        prefix = int(getattr(_inner(model), "num_prefix_tokens", 0))
-        tokens = features[:, prefix:]
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1] or side == 0:
-            raise PatchMapError(f"model {name}: {tokens.shape[1]} patch tokens after {prefix} prefix tokens do not "
-                                "form a square map; SUN needs a backbone with a final patch map")
-    else:
-        raise PatchMapError(f"model {name}: forward_features gives {tuple(features.shape)}, no patch map; SUN needs a "
-                            "backbone whose forward_features returns (B, D, H, W) or tokens (B, N, D)")
+    tokens = feature_map(backbone_of(model), x).flatten(2).transpose(1, 2)
     return tokens, tokens.mean(dim=1)
 
 
@@ -162,8 +143,8 @@ class PatchClassifier(nn.Module):
 def check_teacher(teacher: PatchClassifier, num_classes: int, source: str = "sun.teacher") -> None:
     """A teacher trained for another class count is a one-line error naming the setting."""
     if teacher.num_classes != num_classes:
-        raise ValueError(f"{source}: the teacher has {teacher.num_classes} classes, the base split has {num_classes}; "
-                         "train the teacher on the same base classes")
+        raise CheckpointError(f"{source}: the teacher has {teacher.num_classes} classes, the base split has "
+                              f"{num_classes}; train the teacher on the same base classes")
 
 
 def stage2_loss(student: PatchClassifier, teacher: PatchClassifier, student_images: Tensor, teacher_images: Tensor,
@@ -177,8 +158,8 @@ def stage2_loss(student: PatchClassifier, teacher: PatchClassifier, student_imag
     scores = teacher.patch_class_logits(teacher_images)
     out = student(student_images)
     if out["patch_logits"].shape[1] != scores.shape[1]:
-        raise ValueError(f"sun: the student has {out['patch_logits'].shape[1]} patches, the teacher "
-                         f"{scores.shape[1]}; both need the same final map")
+        raise ConfigError(f"sun: the student has {out['patch_logits'].shape[1]} patches, the teacher "
+                          f"{scores.shape[1]}; both need the same final map")
     targets = patch_targets(scores, cfg.top_k, background_count(scores.shape[1], cfg.bg_ratio), cfg.smoothing,
                             cfg.patch_target, cfg.official_background_index)
     weight = cfg.patch_weight if patch_weight is None else patch_weight
@@ -220,11 +201,9 @@ def _normalize(classifier: nn.Module, x: Tensor) -> Tensor:
 
 
 def patch_tokens(classifier: nn.Module, x: Tensor) -> Tensor:
-    """Images (B, C, H, W) in [0, 1] -> the final patch map of an ``ImageClassifier`` as tokens (B, N, D), row-major
-    (:func:`vitlab.models.feature_map`; a backbone without one raises ``NoFeatureMapError``)."""
-    from vitlab.models import feature_map
-
-    return feature_map(backbone_of(classifier), _normalize(classifier, x)).flatten(2).transpose(1, 2)
+    """Images (B, C, H, W) in [0, 1] -> the final patch map of an ``ImageClassifier`` as tokens (B, N, D), row-major,
+    after the classifier's own normalisation (:func:`patch_features`)."""
+    return patch_features(classifier, _normalize(classifier, x))[0]
 
 
 def pooled_embedding(classifier: nn.Module, x: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
 from vitlab.config import MethodConfig, RunConfig, require
+from vitlab.errors import CheckpointError, DataError
 from vitlab.losses.distillation import deit_total_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
 from vitlab.models.classifier import build_classifier
@@ -45,6 +46,9 @@ class Supervised(Method[SupervisedConfig]):
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
         mcfg = self.mcfg
+        if cfg.model.num_classes is not None and cfg.model.num_classes < data.num_classes:
+            raise DataError(f"model.num_classes: got {cfg.model.num_classes}, but data.name {cfg.data.name} has "
+                            f"{data.num_classes} classes (leave model.num_classes null to take them from the data)")
         self.model = build_classifier(cfg.model, data.num_classes, data.channels, data.img_size, data.mean, data.std)
         from vitlab.data import build_mixup
 
@@ -54,6 +58,10 @@ class Supervised(Method[SupervisedConfig]):
             from vitlab.engine.checkpoint import load_frozen_teacher
 
             self.teacher = load_frozen_teacher(mcfg.teacher_ckpt)
+            classes = getattr(self.teacher, "num_classes", None)
+            if classes is not None and classes != data.num_classes:
+                raise CheckpointError(f"method.teacher_ckpt {mcfg.teacher_ckpt}: the teacher has {classes} classes, "
+                                      f"but data.name {cfg.data.name} has {data.num_classes}")
 
     def train(self, mode: bool = True) -> Supervised:
         super().train(mode)

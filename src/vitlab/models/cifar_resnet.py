@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.errors import CheckpointError, ConfigError
 from vitlab.models import register_vitlab_model
 
 __all__ = ["CifarResNet", "PreActResNet", "DMWideResNet", "checkpoint_filter_fn"]
@@ -212,7 +213,7 @@ class DMWideResNet(_HeadMixin, nn.Module):
         super().__init__()
         _reject_unknown(kwargs, "DMWideResNet")
         if (depth - 4) % 6 != 0:
-            raise ValueError(f"DMWideResNet: depth {depth} must be 6n + 4")
+            raise ConfigError(f"DMWideResNet: depth {depth} must be 6n + 4")
         blocks_per_group = (depth - 4) // 6
         channels = [16, 16 * width, 32 * width, 64 * width]
         self.num_classes = num_classes
@@ -306,8 +307,8 @@ class _StageFeatures(nn.Module):
 
 def _create(cls: type[nn.Module], pretrained: bool, first_conv: str = "conv1", **kwargs: Any) -> nn.Module:
     if pretrained:
-        raise ValueError(f"{cls.__name__}: no weights download (vitlab is offline); load a state dict with "
-                         "`vitlab attack --weights PATH` or torch.load + checkpoint_filter_fn")
+        raise ConfigError(f"{cls.__name__}: no weights download (vitlab is offline); load a state dict with "
+                          "`vitlab attack --weights PATH` or torch.load + checkpoint_filter_fn")
     features_only = bool(kwargs.pop("features_only", False))
     out_indices = kwargs.pop("out_indices", None)
     model = cls(**kwargs)
@@ -331,7 +332,7 @@ def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     parameters: 3×3 stem, 3 stages × 3 basic blocks of widths 16/32/64, 1×1-conv + BN shortcuts where the shape
     changes; 21 BatchNorm2d layers, so ClusterQ aligns the last 12 (start 9, spec clusterq §2.2)."""
     if pretrained:
-        raise ValueError("cifar_resnet20: no weights download (vitlab is offline); train it with a recipe")
+        raise ConfigError("cifar_resnet20: no weights download (vitlab is offline); train it with a recipe")
     return CifarResNet(layers=(3, 3, 3), widths=(16, 32, 64), **kwargs)
 
 
@@ -364,14 +365,14 @@ def load_state_dict_file(model: nn.Module, path: str) -> nn.Module:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"weights {path}: file not found") from None
+        raise CheckpointError(f"weights {path}: file not found") from None
     except Exception as exc:
-        raise ValueError(f"weights {path}: not a readable PyTorch state dict ({exc})") from None
+        raise CheckpointError(f"weights {path}: not a readable PyTorch state dict ({exc})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"weights {path}: expected a state dict, got {type(raw).__name__}")
+        raise CheckpointError(f"weights {path}: expected a state dict, got {type(raw).__name__}")
     state = checkpoint_filter_fn(raw, model)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"weights {path}: does not match {type(model).__name__} (missing {result.missing_keys[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]})")
+        raise CheckpointError(f"weights {path}: does not match {type(model).__name__} (missing "
+                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
     return model

@@ -74,9 +74,15 @@ class ImageClassifier(nn.Module):
 
 
 def create_backbone(cfg: ModelConfig, num_classes: int, in_chans: int, img_size: int | None = None) -> nn.Module:
-    """``timm.create_model`` with the recipe's settings; an unknown model name is a :class:`ConfigError`."""
+    """``timm.create_model`` with the recipe's settings, or a user's ``path/to/file.py:factory`` called with
+    ``model.kwargs`` (and ``num_classes`` / ``in_chans`` when it takes them); an unknown model is a
+    :class:`ConfigError`."""
     import vitlab.models  # noqa: F401  (registers vitlab models)
+    from vitlab.models.external import create_model, is_model_file
 
+    if is_model_file(cfg.name):  # a user's path/to/file.py:factory, called with model.kwargs
+        return create_model(cfg.name, dict(cfg.kwargs), cfg.num_classes if cfg.num_classes is not None else num_classes,
+                            cfg.in_chans if cfg.in_chans is not None else in_chans, flag="model.name")
     if not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
         raise ConfigError(f"model.name: unknown model {cfg.name!r} (similar: {', '.join(close) or 'none'}; "

@@ -35,6 +35,7 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.errors import CheckpointError, ConfigError
 from vitlab.models import register_vitlab_model
 from vitlab.models.state_dict import state_dict_mismatch
 
@@ -53,11 +54,11 @@ NUM_STAGES = 4
 TRANSITION_KERNEL: Triple = (1, 2, 2)
 
 
-class DualFormerConfigError(ValueError):
+class DualFormerConfigError(ConfigError):
     """A window or pyramid size that does not fit the token grid of a stage."""
 
 
-class CheckpointConversionError(ValueError):
+class CheckpointConversionError(CheckpointError):
     """A checkpoint whose keys or shapes do not match the model; the message lists every problem."""
 
 

@@ -15,6 +15,9 @@ and end in a 5x5 final map, the grid SUN's patch labels live on:
 The counts exclude the classifier head (the official encoders have none) and match the spec's 12.53M / 12.80M /
 12.60M. fvcore FLOPs of one 80x80 image (`vitlab info`, 64-class head): 1.0176 G / 1.3994 G / 0.6014 G.
 
+The CNN they are compared with, `resnet12_80` (`ResNet12`, Meta-Baseline's ResNet-12: widths 64-160-320-640, a
+max-pool after each of the 4 residual blocks), has 12,424,320 backbone parameters and a 5x5x640 final map at 80 px.
+
 The `test_*_fs32` variants are a few hundred thousand parameters: 32x32 inputs and a 4x4 final map (16 patches), for
 the spec's small-scale plan (section 6) and the registry-wide model tests.
 
@@ -38,6 +41,7 @@ from timm.models._features import feature_take_indices
 from timm.models.nest import Nest
 from torch import Tensor, nn
 
+from vitlab.errors import CheckpointError, ConfigError
 from vitlab.models import register_vitlab_model
 from vitlab.models.state_dict import state_dict_mismatch
 
@@ -47,6 +51,7 @@ __all__ = [
     "FewShotNest",
     "LVViT",
     "NoFeatureMapError",
+    "ResNet12",
     "checkpoint_filter_fn",
     "feature_map",
     "pooled_feature",
@@ -96,7 +101,7 @@ def _resize_grid(pos_embed: Tensor, height: int, width: int) -> Tensor:
 
 def _check_pool(pool_type: str, name: str, allowed: Sequence[str]) -> str:
     if pool_type not in allowed:
-        raise ValueError(f"{name}: global_pool must be one of {', '.join(map(repr, allowed))}, got {pool_type!r}")
+        raise ConfigError(f"{name}: global_pool must be one of {', '.join(map(repr, allowed))}, got {pool_type!r}")
     return pool_type
 
 
@@ -224,7 +229,7 @@ class FewShotVisformer(nn.Module):
     ) -> None:
         super().__init__()
         if len(depths) != 3:
-            raise ValueError(f"FewShotVisformer: depths needs 3 stages, got {tuple(depths)}")
+            raise ConfigError(f"FewShotVisformer: depths needs 3 stages, got {tuple(depths)}")
         dims = (embed_dim // 2, embed_dim, embed_dim * 2)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
@@ -488,7 +493,7 @@ class LVViT(nn.Module):
     ) -> None:
         super().__init__()
         if patch_size % 4 or patch_size < 4:
-            raise ValueError(f"LVViT: patch_size must be a multiple of 4 (the stem divides by 4), got {patch_size}")
+            raise ConfigError(f"LVViT: patch_size must be a multiple of 4 (the stem divides by 4), got {patch_size}")
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.global_pool = _check_pool(global_pool, "LVViT", ("token", "avg", ""))
@@ -578,11 +583,89 @@ class LVViT(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# ResNet-12 (the CNN row of SUN's comparisons; Meta-Baseline's backbone, Chen et al. 2021)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ResNet12Block(nn.Module):
+    """conv3x3 -> BN -> LeakyReLU(0.1), twice, conv3x3 -> BN; plus a conv1x1 -> BN shortcut; LeakyReLU; 2x2 max-pool
+    (`pool=False`: none)."""
+
+    def __init__(self, in_dim: int, out_dim: int, pool: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_dim, out_dim, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_dim)
+        self.conv2 = nn.Conv2d(out_dim, out_dim, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_dim)
+        self.conv3 = nn.Conv2d(out_dim, out_dim, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_dim)
+        self.downsample = nn.Sequential(nn.Conv2d(in_dim, out_dim, 1, bias=False), nn.BatchNorm2d(out_dim))
+        self.act = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.pool(self.act(out + self.downsample(x)))
+
+
+class ResNet12(nn.Module):
+    """ResNet-12: four residual blocks (3 convs each, widths `dims`), a 2x2 max-pool after each of the first
+    `pooled` blocks, global average pool, linear head. Meta-Baseline's (64, 160, 320, 640) with 4 pools gives a 5x5x640
+    final map at 80 px, the grid SUN's ViTs end in; the 32-px variant pools 3 times for a 4x4 map.
+
+    forward_features: (B, 3, H, W) -> (B, dims[-1], H / 2**pooled, W / 2**pooled).
+    """
+
+    def __init__(self, img_size: int | tuple[int, int] = 80, in_chans: int = 3, num_classes: int = 1000,
+                 dims: Sequence[int] = (64, 160, 320, 640), pooled: int = 4, drop_rate: float = 0.0,
+                 global_pool: str = "avg") -> None:
+        super().__init__()
+        if len(dims) != 4 or not 0 <= pooled <= 4:
+            raise ValueError(f"ResNet12: needs 4 widths and 0-4 pooled blocks, got dims {tuple(dims)}, pooled {pooled}")
+        del img_size  # any size; kept for timm's create_model
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.global_pool = _check_pool(global_pool, "ResNet12", ("avg", ""))
+        widths = (in_chans, *dims)
+        self.stem = nn.Identity()  # the first block reads the image (first_conv: layer1.conv1)
+        self.layers = nn.Sequential(*[ResNet12Block(widths[i], widths[i + 1], pool=i < pooled) for i in range(4)])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head: nn.Module = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            self.global_pool = _check_pool(global_pool, "ResNet12", ("avg", ""))
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, C, h, w), the last block's output (SUN's final map)."""
+        return self.layers(self.stem(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # A uniform final map for SUN: any backbone -> (B, C, h, w)
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class NoFeatureMapError(ValueError):
+class NoFeatureMapError(ConfigError):
     """The backbone gives no final spatial map (SUN's patch labels and local classifier need one)."""
 
 
@@ -700,7 +783,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     head = "head."
     report = state_dict_mismatch(converted, target, lambda k: k.startswith(head))
     if report is not None:
-        raise ValueError(f"{type(model).__name__} checkpoint does not match: {report}")
+        raise CheckpointError(f"{type(model).__name__} checkpoint does not match: {report}")
     for key in target:
         if key.startswith(head) and key not in converted:
             converted[key] = target[key]
@@ -740,13 +823,16 @@ default_cfgs = generate_default_cfgs(
         "test_visformer_fs32": _cfg(**_CFG_32),
         "test_nest_fs32": _cfg(first_conv="patch_embed.conv1", **_CFG_32),
         "test_lvvit_fs32": _cfg(**_CFG_32),
+        "resnet12_80": _cfg(first_conv="layers.0.conv1", paper_ids="arXiv:2003.04390",
+                            paper_name="Meta-Baseline: Exploring Simple Meta-Learning for Few-Shot Learning"),
+        "test_resnet12_fs32": _cfg(first_conv="layers.0.conv1", **_CFG_32),
     }
 )
 
 
 def _create(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> Any:
     if pretrained:
-        raise ValueError(
+        raise ConfigError(
             f"{variant}: vitlab ships no weights and never downloads them; for an official SUN checkpoint build the "
             "model and call model.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=True), model))"
         )
@@ -845,3 +931,16 @@ def test_lvvit_fs32(pretrained: bool = False, **kwargs: Any) -> LVViT:
         pretrained,
         **{"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 2, "num_heads": 2, "stem_dim": 16, **kwargs},
     )
+
+
+@register_vitlab_model
+def resnet12_80(pretrained: bool = False, **kwargs: Any) -> ResNet12:
+    """ResNet-12 of Meta-Baseline (widths 64, 160, 320, 640): 12,424,320 backbone params, 5x5x640 map at 80 px."""
+    return _create(ResNet12, "resnet12_80", pretrained, **{"dims": (64, 160, 320, 640), "pooled": 4, **kwargs})
+
+
+@register_vitlab_model
+def test_resnet12_fs32(pretrained: bool = False, **kwargs: Any) -> ResNet12:
+    """Tiny ResNet-12 for the CPU plan's CNN row: widths (16, 32, 64, 128), 3 pools, 32 px -> 4x4x128 map."""
+    return _create(ResNet12, "test_resnet12_fs32", pretrained,
+                   **{"img_size": 32, "dims": (16, 32, 64, 128), "pooled": 3, **kwargs})

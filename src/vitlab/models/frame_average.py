@@ -16,6 +16,7 @@ import timm
 from timm.models import generate_default_cfgs
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
 from vitlab.models import register_vitlab_model
 
 __all__ = ["FrameAverage", "frame_avg", "frame_avg_vit"]
@@ -102,9 +103,9 @@ def _frame_size(kwargs: dict[str, Any], default: int) -> int:
     if video_size is not None:
         video_size = tuple(int(v) for v in video_size)
         if len(video_size) != 3 or video_size[1] != video_size[2]:
-            raise ValueError(f"video_size must be (T, H, W) with square frames, got {video_size}")
+            raise ConfigError(f"video_size must be (T, H, W) with square frames, got {video_size}")
         if img_size is not None and int(img_size) != video_size[1]:
-            raise ValueError(f"img_size {img_size} disagrees with video_size {video_size}")
+            raise ConfigError(f"img_size {img_size} disagrees with video_size {video_size}")
         return video_size[1]
     return int(img_size) if img_size is not None else default
 
@@ -126,7 +127,7 @@ def frame_avg_vit(pretrained: bool = False, **kwargs: Any) -> FrameAverage:
     defaults; ``video_size`` (T, H, W) or ``img_size`` sets the frame size (default 32).
     """
     if pretrained:
-        raise ValueError("frame_avg_vit has no pretrained weights")
+        raise ConfigError("frame_avg_vit has no pretrained weights")
     in_chans = int(kwargs.get("in_chans", 3))
     frame_size = _frame_size(kwargs, 32)
     vit_kwargs: dict[str, Any] = dict(img_size=frame_size, patch_size=8, embed_dim=64, depth=4, num_heads=2,
@@ -140,7 +141,7 @@ def frame_avg_vit(pretrained: bool = False, **kwargs: Any) -> FrameAverage:
 def frame_avg(pretrained: bool = False, backbone: str = "resnet18", **kwargs: Any) -> FrameAverage:
     """Any timm image model ``backbone`` per frame, logits averaged over time (keyword arguments go to it)."""
     if pretrained:
-        raise ValueError("frame_avg builds its backbone untrained (no downloads); load weights yourself")
+        raise ConfigError("frame_avg builds its backbone untrained (no downloads); load weights yourself")
     in_chans = int(kwargs.get("in_chans", 3))
     frame_size = _frame_size(kwargs, 32)
     from vitlab.models.classifier import accepts_img_size

@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
+
 
 @contextlib.contextmanager
 def explicit_attention(model: nn.Module | None = None) -> Iterator[None]:
@@ -57,7 +59,7 @@ def input_size_for(name: str, img_size: int | None = None, frames: int | None = 
         size[-2:] = [img_size, img_size]
     if frames is not None:
         if len(size) != 4:
-            raise ValueError(f"--frames: {name} takes images (C, H, W), not clips")
+            raise ConfigError(f"--frames: {name} takes images (C, H, W), not clips")
         size[1] = frames
     return tuple(size)
 
@@ -112,7 +114,7 @@ def model_info(name: str, img_size: int | None = None, frames: int | None = None
     import vitlab.models  # noqa: F401
 
     if not timm.is_model(name):
-        raise ValueError(f"model {name!r} is not registered (`vitlab models` lists vitlab's, timm.list_models() all)")
+        raise ConfigError(f"model {name!r} is not registered (`vitlab models` lists vitlab's, timm.list_models() all)")
     size = input_size_for(name, img_size, frames)
     create_kwargs = dict(kwargs)
     if len(size) == 4 and (img_size is not None or frames is not None):

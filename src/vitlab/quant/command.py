@@ -31,7 +31,9 @@ METHODS = ("clusterq", "gdfq", "zeroq")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, help="recipe: recipes/quant/clusterq_resnet20_digits.yaml")
-    parser.add_argument("--ckpt", required=True, help="the FP teacher: a vitlab checkpoint or a bare state dict")
+    from vitlab.models.external import add_model_arguments
+
+    add_model_arguments(parser, "the FP teacher: a vitlab checkpoint or a bare state dict (with --set model.name=...)")
     parser.add_argument("--method", choices=METHODS, default=None, help="default: the recipe's method.name")
     parser.add_argument("--wbits", type=int, default=None, help=f"weight bits, {MIN_BITS}..{MAX_BITS}")
     parser.add_argument("--abits", type=int, default=None, help=f"activation bits, {MIN_BITS}..{MAX_BITS}")
@@ -84,7 +86,26 @@ def quantize(config: str, ckpt: str, method: str | None = None, wbits: int | Non
             "quantized_bytes": sizes["quantized_bytes"], "ckpt": str(ckpt_path)}
 
 
+def _outside_teacher(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``--model``: the model written as a teacher checkpoint beside the run, and the data overrides its input
+    size needs."""
+    from vitlab.config import load_config
+    from vitlab.models.external import outside_method, write_outside_checkpoint
+
+    cfg = load_config(args.config, args.set)
+    method = outside_method(args, cfg.data)
+    data = method.cfg.data
+    path = write_outside_checkpoint(method, Path(cfg.out_dir) / f"{method.cfg.name}_teacher" / "teacher.ckpt")
+    return str(path), [f"data.img_size={data.img_size}", f"data.channels={data.channels}"]
+
+
 def run(args: argparse.Namespace) -> int:
+    from vitlab.models.external import check_model_choice
+
+    check_model_choice(args)
+    if args.model is not None:
+        args.ckpt, sizes = _outside_teacher(args)
+        args.set = sizes + list(args.set)
     summary = quantize(args.config, args.ckpt, args.method, args.wbits, args.abits, args.set, args.overwrite)
     print(f"{summary['method']} W{summary['wbits']}A{summary['abits']}: FP top-1 {summary['fp_top1']:.2f}%  "
           f"quantised top-1 {summary['quant_top1_simulated']:.2f}% (simulated fake-quant)  size "
@@ -99,14 +120,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---- vitlab export --format int8 ------------------------------------------------------------------------------------
-def calibration_images(method: Any, count: int = 256, seed: int = 0) -> tuple[torch.Tensor, str]:
-    """Calibration inputs for an int8 export in the *backbone's* input space (after the classifier's normalisation),
-    never real data: the generator's samples (GDFQ, ClusterQ), the distilled batch (ZeroQ), or a fresh ZeroQ
-    distillation of an FP model."""
+def calibration_images(method: Any, count: int = 256, seed: int = 0, data: Any = None) -> tuple[torch.Tensor, str]:
+    """Calibration inputs for an int8 export in the *backbone's* input space (after the classifier's normalisation):
+    the generator's samples (GDFQ, ClusterQ), the distilled batch (ZeroQ), or a fresh ZeroQ distillation of an FP
+    model; real images only when ``data`` (a :class:`~vitlab.config.DataConfig`) is given: its first ``count``
+    training images (test images for a test-only set)."""
     from vitlab.quant.int8 import zeroq_distill
 
     torch.manual_seed(seed)
     model = method.eval_model()
+    if data is not None:
+        import dataclasses
+
+        from vitlab.data import DataError, build_dataset
+        from vitlab.evaluation.robust import collect
+
+        info = method.data
+        data = dataclasses.replace(data, img_size=info.img_size, channels=info.channels)
+        try:
+            dataset, split = build_dataset(data, "train", train=False), "train"
+        except DataError:
+            dataset, split = build_dataset(data, "test", train=False), "test"
+        with torch.no_grad():
+            return model.normalize(collect(dataset, count)[0]), f"{data.name} {split}"
+    from vitlab.quant.losses import bn_layers
+
+    if not hasattr(method, "generator") and not hasattr(method, "distilled") and not bn_layers(model):
+        raise ConfigError(f"--format int8: {type(model.model).__name__} has no BatchNorm layer, so no image can be "
+                          "distilled from it without data; give --data NAME (its images calibrate the int8 ranges)")
     with torch.no_grad():
         if hasattr(method, "generator"):
             generator = method.generator.train()  # batch statistics, as during training
@@ -122,8 +163,10 @@ def calibration_images(method: Any, count: int = 256, seed: int = 0) -> tuple[to
     return zeroq_distill(frozen, (32, info.channels, info.img_size, info.img_size)), "zeroq-distilled"
 
 
-def export_int8(ckpt: str | Path, out_dir: str | Path | None = None, engine: Int8Engine = "x86") -> dict[str, Any]:
-    """Convert a checkpoint (W8A8 quantised or FP) into a real int8 model saved as ``model_int8.ckpt``.
+def export_int8(ckpt: str | Path, out_dir: str | Path | None = None, engine: Int8Engine = "x86",
+                calibration_data: Any = None) -> dict[str, Any]:
+    """Convert a checkpoint (W8A8 quantised or FP) into a real int8 model saved as ``model_int8.ckpt``; calibrated on
+    the method's synthetic images, or on ``calibration_data``'s real images when given (:func:`calibration_images`).
 
     Raises:
         ConfigError: a checkpoint quantised below 8 bits (W4A4 has no int8 kernel and stays simulated).
@@ -155,7 +198,7 @@ def export_int8(ckpt: str | Path, out_dir: str | Path | None = None, engine: Int
     if result.missing_keys:
         raise CheckpointError(f"checkpoint {ckpt}: weights do not match {cfg.model.name} (missing "
                               f"{result.missing_keys[:5]})")
-    calibration, kind = calibration_images(method)
+    calibration, kind = calibration_images(method, data=calibration_data)
     quantized = convert_int8(float_backbone, calibration, engine)
     int8_model = ImageClassifier(quantized, info.mean, info.std) if cfg.model.normalize else ImageClassifier(quantized)
     int8_cfg = cfg
@@ -180,7 +223,10 @@ def _export_command(args: argparse.Namespace) -> int:
         if value not in INT8_ENGINES:
             raise ConfigError(f"--set engine: got {value!r}, expected one of {', '.join(INT8_ENGINES)}")
         engine = value
-    result = export_int8(args.ckpt, args.out, cast("Int8Engine", engine))
+    from vitlab.data.catalog import data_config
+
+    calibration = data_config(args) if getattr(args, "data", None) else None
+    result = export_int8(args.ckpt, args.out, cast("Int8Engine", engine), calibration)
     print(f"wrote {result['path']} (int8, engine {engine}, calibrated on {result['calibration']} images, "
           f"{result['bytes'] / 1e6:.3f} MB); evaluate it with: vitlab eval --ckpt {result['path']}")
     return 0

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
+
 __all__ = ["CifarGenerator", "ConditionalBatchNorm2d", "ImageNetGenerator", "build_generator"]
 
 GENERATOR_BN_EPS = 0.8  # the reference's nn.BatchNorm2d(C, 0.8): eps, not momentum
@@ -47,7 +49,7 @@ class CifarGenerator(nn.Module):
                  bn_eps: float = GENERATOR_BN_EPS) -> None:
         super().__init__()
         if img_size % 4 != 0:
-            raise ValueError(f"CifarGenerator: img_size {img_size} must be divisible by 4 (two ×2 upsamplings)")
+            raise ConfigError(f"CifarGenerator: img_size {img_size} must be divisible by 4 (two ×2 upsamplings)")
         self.latent_dim = latent_dim
         self.init_size = img_size // 4
         self.label_embedding = nn.Embedding(num_classes, latent_dim)
@@ -81,7 +83,7 @@ class ImageNetGenerator(nn.Module):
                  bn_eps: float = GENERATOR_BN_EPS) -> None:
         super().__init__()
         if img_size % 4 != 0:
-            raise ValueError(f"ImageNetGenerator: img_size {img_size} must be divisible by 4")
+            raise ConfigError(f"ImageNetGenerator: img_size {img_size} must be divisible by 4")
         self.latent_dim = latent_dim
         self.init_size = img_size // 4
         self.project = nn.Linear(latent_dim, 128 * self.init_size ** 2)
@@ -112,4 +114,4 @@ def build_generator(kind: str, num_classes: int, img_size: int, channels: int, l
         return CifarGenerator(num_classes, img_size, channels, latent_dim, bn_eps)
     if kind == "imagenet":
         return ImageNetGenerator(num_classes, img_size, channels, latent_dim, bn_eps)
-    raise ValueError(f"method.generator: got {kind!r}, expected auto, cifar or imagenet")
+    raise ConfigError(f"method.generator: got {kind!r}, expected auto, cifar or imagenet")

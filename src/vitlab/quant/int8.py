@@ -22,6 +22,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
 from vitlab.quant.losses import BNStatsRecorder, zeroq_bn_loss
 
 __all__ = ["convert_int8", "prepare_int8", "split_bn_act", "zeroq_distill"]
@@ -66,8 +67,8 @@ def prepare_int8(backbone: nn.Module, example: Tensor, engine: str = "x86") -> t
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     if engine not in torch.backends.quantized.supported_engines:
-        raise ValueError(f"int8 engine {engine!r} is not supported by this torch build "
-                         f"(available: {', '.join(torch.backends.quantized.supported_engines)})")
+        raise ConfigError(f"int8 engine {engine!r} is not supported by this torch build "
+                          f"(available: {', '.join(torch.backends.quantized.supported_engines)})")
     torch.backends.quantized.engine = engine
     model = split_bn_act(copy.deepcopy(backbone)).eval()
     with _quiet():

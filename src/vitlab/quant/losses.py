@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
+
 __all__ = ["BNInputStats", "BNStatsRecorder", "ClassCentroids", "aligned_layer_start", "bn_layers", "bns_loss",
            "class_bns_loss", "class_bns_loss_released", "kd_loss", "zeroq_bn_loss"]
 
@@ -61,8 +63,8 @@ class BNStatsRecorder:
     def __init__(self, model: nn.Module) -> None:
         self.layers = bn_layers(model)
         if not self.layers:
-            raise ValueError(f"{type(model).__name__}: has no BatchNorm2d layer; BN-statistics losses (ZeroQ, GDFQ, "
-                             "ClusterQ) need a teacher with BatchNorm2d (plain ViTs have none)")
+            raise ConfigError(f"{type(model).__name__}: has no BatchNorm2d layer; BN-statistics losses (ZeroQ, GDFQ, "
+                              "ClusterQ) need a teacher with BatchNorm2d (plain ViTs have none)")
         self.stats: list[BNInputStats] = []
         self.order: list[str] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -108,7 +110,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temp
     (ClusterQ) by B.
     """
     if reduction not in ("mean", "batchmean"):
-        raise ValueError(f"method.kd_reduction: got {reduction!r}, expected mean or batchmean")
+        raise ConfigError(f"method.kd_reduction: got {reduction!r}, expected mean or batchmean")
     student_logits, teacher_logits = student_logits.float(), teacher_logits.float()  # float32 under autocast too
     kl_sum = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                       F.softmax(teacher_logits / temperature, dim=1), reduction="sum")

@@ -22,6 +22,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
+
 __all__ = ["ActQuantizer", "QuantConv2d", "QuantLinear", "QuantizationError", "activation_quantizers",
            "check_bits", "dequantize", "fake_quantize", "quant_params", "quantize_model", "quantize_to_int",
            "quantized_model_bytes", "set_act_calibration"]
@@ -29,7 +31,7 @@ __all__ = ["ActQuantizer", "QuantConv2d", "QuantLinear", "QuantizationError", "a
 MIN_BITS, MAX_BITS = 2, 8
 
 
-class QuantizationError(ValueError):
+class QuantizationError(ConfigError):
     """A model or setting that cannot be quantised as asked; the message names the layer or option."""
 
 
