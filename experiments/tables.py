@@ -86,6 +86,22 @@ def ar_cam_ink(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def demo_times(results: list[dict[str, Any]]) -> str:
+    """Per-section wall and CPU seconds of the `vitlab demo` runs of experiments/demo_times.py."""
+    r = results[0]
+    rows = ["| section | status | wall (s) | CPU (s) | process (threads) | load average at the process's end |",
+            "|---|---|---|---|---|---|"]
+    total_wall = total_cpu = 0.0
+    for k, run in enumerate(r["runs"]):
+        load = ", ".join(f"{v:.1f}" for v in run["load_average_at_end"])
+        for s in run["sections"]:
+            total_wall, total_cpu = total_wall + s["seconds"], total_cpu + (s["cpu_seconds"] or 0.0)
+            rows.append(f"| {s['name']} | {s['status']} | {s['seconds']:.0f} | {s['cpu_seconds']:.0f} | "
+                        f"{k + 1} of {r['groups']} ({run['threads']}) | {load} |")
+    rows.append(f"| sum | | {total_wall:.0f} | {total_cpu:.0f} | | |")
+    return "\n".join(rows)
+
+
 def episodes_speed(results: list[dict[str, Any]]) -> str:
     r = results[0]
     names = {"cosine": "cosine prototypes (Meta-Baseline)", "euclidean": "Euclidean prototypes",
@@ -290,6 +306,7 @@ TABLES: dict[str, Table] = {
                               "python experiments/complexity.py dualformer"),
     "ar_cam_ink": Table(("ar/cam_ink.json", "ar/cam_ink_vit_tiny.json"), ar_cam_ink,
                         "python experiments/ar_lens.py --retrain"),
+    "demo_times": Table(("demo/times.json",), demo_times, "python experiments/demo_times.py --groups 3 --threads 1"),
     "sun_backbones": Table(("sun/complexity.json",), sun_backbones, "python experiments/complexity.py sun"),
     "episodes_speed": Table(("benchmarks/episodes.json",), episodes_speed,
                             "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
