@@ -55,3 +55,12 @@ def test_the_api_names_resolve_and_are_documented() -> None:
         assert f"vitlab.{name}(" in text, name
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         vitlab.nothing  # noqa: B018
+
+
+def test_the_outside_model_run_on_the_page_is_the_recorded_one() -> None:
+    """docs/api.md shows results/outside_model.txt, the output of experiments/outside_model.sh, as it is."""
+    recorded = (DOC.parents[1] / "results" / "outside_model.txt").read_text().rstrip("\n")
+    assert f"```console\n{recorded}\n```" in DOC.read_text()
+    assert "bash experiments/outside_model.sh" in DOC.read_text()
+    for line in ("error: --weights lenet5.pt: does not fit CifarResNet: ", "robust accuracy", "wrote int8/model_int8"):
+        assert line in recorded

@@ -70,17 +70,18 @@ def frequency_analysis(model: nn.Module, loader: Iterable[Any] | tuple[Tensor, T
             images in [0, 1]. n: use the first n images. radii: filter radii in frequency bins (default: those of
             1, 2, 4, 6, 8, 12, 16 that fit). delta_eps: also the spectrum of HAT's perturbation (0: skip).
     Returns:
-        ``{"clean_top1", "lowpass": {radius: top1}, "highpass": {radius: top1}, "spectra": {layer: [values]}}``
-        with accuracies in %; spectrum element k is at frequency pi * k / (len - 1).
+        ``{"clean_top1", "lowpass": {radius: top1}, "highpass": {radius: top1}, "spectra": {layer: [values]},
+        "warnings"}`` with accuracies in %; spectrum element k is at frequency pi * k / (len - 1). A model that shows
+        no feature map (no timm feature API, no blocks / stages / layers) gets the input's spectrum and a warning.
     """
     from vitlab.analysis.command import frequency_points
 
     x, y = _points(loader, n)
-    rows, curves = frequency_points(model, x, y, list(radii) if radii is not None else None, batch_size, spectrum_n,
-                                    delta_eps)
+    rows, curves, warnings = frequency_points(model, x, y, list(radii) if radii is not None else None, batch_size,
+                                              spectrum_n, delta_eps)
     return {"clean_top1": rows[0]["lowpass"], "lowpass": {r["radius"]: r["lowpass"] for r in rows[1:]},
             "highpass": {r["radius"]: r["highpass"] for r in rows[1:]},
-            "spectra": {name: curve.tolist() for name, curve in curves.items()}}
+            "spectra": {name: curve.tolist() for name, curve in curves.items()}, "warnings": warnings}
 
 
 def quantize(model: nn.Module | str | Path, wbits: int, abits: int, method: str = "clusterq",

@@ -174,9 +174,38 @@ def test_export_int8_of_a_file_model_calibrated_on_data(outside: dict[str, str],
     assert 0.0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top1"] <= 100.0
 
 
+def test_a_file_model_is_a_recipe_backbone(outside: dict[str, str]) -> None:
+    """model.name = file.py:factory with model.kwargs; the data's classes and channels reach a factory that takes
+    them (what every method builds through)."""
+    from vitlab.config import load_config
+    from vitlab.models.classifier import create_backbone
+
+    cfg = load_config(None, [f"model.name={outside['file']}:Tiny", "model.kwargs.width=6"])
+    backbone = create_backbone(cfg.model, num_classes=5, in_chans=3, img_size=16)
+    assert type(backbone).__name__ == "Tiny"
+    assert backbone.linear.out_features == 5 and backbone.layers[0].in_channels == 3 and backbone.num_features == 6
+
+
+def test_export_a_file_model_and_use_the_checkpoint_as_weights(outside: dict[str, str], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """export --model writes model.ckpt (a vitlab checkpoint) and the safetensors export; both load as --weights."""
+    rc = main(["export", "--model", f"{outside['file']}:grey28", "--weights", outside["pt"], "--out",
+               str(tmp_path / "exp")])
+    assert rc == 0 and (tmp_path / "exp" / "model.ckpt").is_file()
+    config = json.loads((tmp_path / "exp" / "config.json").read_text())
+    assert config["architecture"] == f"{Path(outside['file']).resolve()}:grey28"
+    capsys.readouterr()
+    for weights in ("model.ckpt", "model.safetensors"):
+        report = _attack(outside, tmp_path, "--weights", str(tmp_path / "exp" / weights), "--data", "foolbox-mnist",
+                         "--n", "4")
+        assert report["n"] == 4
+
+
+@pytest.mark.slow
 def test_train_a_file_model_as_a_backbone_and_reuse_its_checkpoint(outside: dict[str, str], tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """model.name = file.py:factory trains (num_classes from the data); the checkpoint is --weights elsewhere."""
+    """model.name = file.py:factory trains (num_classes from the data); the checkpoint is --weights elsewhere
+    (about 15 s: a training step and an evaluation on digits)."""
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "supervised" / "resnet18_digits.yaml"
     sets = [f"out_dir={tmp_path}", "name=tiny", f"model.name={outside['file']}:tiny", "model.kwargs.width=4",
             "data.channels=1", "data.img_size=16", "train.max_steps=1", "train.epochs=1", "train.progress=false"]
@@ -220,13 +249,74 @@ def test_data_lists_every_bundled_set_and_help_names_them(capsys: pytest.Capture
 
 
 def test_the_catalog_counts_are_the_builders(tmp_path: Path) -> None:
-    """The recorded sizes of ``vitlab data`` for the sets that build in a blink (digits, foolbox)."""
+    """The recorded sizes of ``vitlab data`` for the sets that build in a blink (digits, foolbox, synth_sentiment's
+    table; digits_zsl's are the seen / unseen digits of the digits split)."""
     from vitlab.config import DataConfig
     from vitlab.data import build_dataset
     from vitlab.data.catalog import BUNDLED
+    from vitlab.data.text import SYNTH_SIZES
 
+    sizes = {e.name: e.splits for e in BUNDLED}
+    assert sizes["synth_sentiment"] == SYNTH_SIZES
     for entry in BUNDLED:
-        if entry.name.startswith("digits") or entry.name.startswith("foolbox-"):
+        if entry.name in ("digits", "digits_fewshot") or entry.name.startswith("foolbox-"):
             for split, size in (entry.splits or {}).items():
                 dataset = build_dataset(DataConfig(name=entry.name, img_size=8), split, train=False)
                 assert len(dataset) == size, (entry.name, split)
+    from vitlab.data.digits import load_digits_split
+    from vitlab.data.digits_zsl import SEEN_DIGITS, UNSEEN_DIGITS
+
+    digits = load_digits_split(8)
+    seen, unseen = torch.tensor(SEEN_DIGITS), torch.tensor(UNSEEN_DIGITS)
+    assert sizes["digits_zsl"] == {"trainval": int(torch.isin(digits.train_labels, seen).sum()),
+                                   "test_seen": int(torch.isin(digits.test_labels, seen).sum()),
+                                   "test_unseen": int(torch.isin(digits.test_labels, unseen).sum())}
+
+
+def test_data_root_reads_cifar_pickles_for_a_timm_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--data cifar10 --data-root DIR with a registered name (num_classes from the data, random weights)."""
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    names = [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                  "truck")]
+    rows = np.random.default_rng(0).integers(0, 256, (4, 3072), dtype=np.uint8)
+    files = [("batches.meta", {b"label_names": names}), ("test_batch", {b"data": rows, b"labels": [1, 2, 3, 4]})]
+    files += [(f"data_batch_{i}", {b"data": rows, b"labels": [0, 1, 2, 3]}) for i in range(1, 6)]
+    for name, obj in files:
+        with (folder / name).open("wb") as handle:
+            pickle.dump(obj, handle, protocol=2)
+    rc = main(["eval", "--model", "test_cifar_resnet", "--data", "cifar10", "--data-root", str(tmp_path)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["images"] == 4 and printed["model"] == "test_cifar_resnet"
+
+
+@pytest.mark.slow
+def test_quantize_a_file_model(outside: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """vitlab quantize --model: the file's BN network becomes the teacher checkpoint of a (tiny) GDFQ run (about
+    10 s: the digits test split is evaluated twice)."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "quant" / "gdfq_resnet20_digits.yaml"
+    sets = [f"out_dir={tmp_path}", "train.epochs=2", "method.iters_per_epoch=1", "method.warmup_epochs=1",
+            "data.batch_size=8"]
+    rc = main(["quantize", "-c", str(recipe), "--model", f"{outside['file']}:grey28", "--weights", outside["pt"],
+               "--input-size", "1,16,16", "--wbits", "8", "--abits", "8", *[a for s in sets for a in ("--set", s)]])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["method"] == "gdfq" and summary["quantized_bytes"] < summary["fp32_bytes"]
+    assert (tmp_path / "tiny_net_teacher" / "teacher.ckpt").is_file()
+
+
+def test_analyze_a_plain_module_without_feature_maps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/lenet5.py (no timm feature API): filtered accuracy, the input's spectrum only, and a warning."""
+    lenet = Path(__file__).resolve().parents[2] / "examples" / "lenet5.py"
+    rc = main(["analyze", "frequency", "--model", f"{lenet}:LeNet5", "--data", "foolbox-mnist", "--radii", "2,4",
+               "--delta-eps", "0", "--out", str(tmp_path)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["layers"] == [] and "exposes no feature maps" in summary["warnings"][0]
+    assert (tmp_path / "filtered_accuracy.csv").read_text().count("\n") == 1 + 1 + 2 * 2
+    assert {row.split(",")[0] for row in (tmp_path / "spectrum.csv").read_text().splitlines()[1:]} == {"input"}

@@ -84,19 +84,26 @@ def hat_delta(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
 
 def frequency_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, radii: list[float] | None = None,
                      batch_size: int = 256, spectrum_n: int = 64, delta_eps: float = 0.0,
-                     num_classes: int | None = None) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+                     num_classes: int | None = None
+                     ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], list[str]]:
     """What ``vitlab analyze frequency`` measures on images x (N, C, H, W) in [0, 1] and labels y (N,): the rows of
     :func:`~vitlab.analysis.frequency.filtered_accuracy` and the spectra of the first ``spectrum_n`` images (input,
-    every feature map, and HAT's perturbation when ``delta_eps`` > 0)."""
-    from vitlab.analysis.frequency import filtered_accuracy, relative_log_amplitude, spectra
+    every feature map, and HAT's perturbation when ``delta_eps`` > 0), and warnings: a model that shows no feature
+    map gets the input's spectrum only."""
+    from vitlab.analysis.frequency import NoFeatureMapsError, filtered_accuracy, relative_log_amplitude, spectra
 
     rows = filtered_accuracy(model, x, y, radii, batch_size=batch_size)
     xs, ys = x[:spectrum_n], y[:spectrum_n]
-    curves = spectra(model, xs)
+    warnings: list[str] = []
+    try:
+        curves = spectra(model, xs)
+    except NoFeatureMapsError as exc:
+        curves = {"input": relative_log_amplitude(xs)}
+        warnings.append(f"{exc}; only the input spectrum is plotted")
     if delta_eps > 0:
         classes = num_classes if num_classes is not None else int(y.max()) + 1
         curves["delta (HAT)"] = relative_log_amplitude(hat_delta(model, xs, ys, delta_eps, classes))
-    return rows, curves
+    return rows, curves, warnings
 
 
 def run_frequency(args: argparse.Namespace) -> int:
@@ -126,7 +133,7 @@ def run_frequency(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     label = f"{cfg.model.name} ({cfg.method.name})"
 
-    rows, curves = frequency_points(model, x, y, radii, args.batch_size, args.spectrum_n, delta_eps,
+    rows, curves, warnings = frequency_points(model, x, y, radii, args.batch_size, args.spectrum_n, delta_eps,
                                     method.data.num_classes)
     with (out / "filtered_accuracy.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -151,6 +158,8 @@ def run_frequency(args: argparse.Namespace) -> int:
                "lowpass": {r["radius"]: round(r["lowpass"], 2) for r in rows[1:]},
                "highpass": {r["radius"]: round(r["highpass"], 2) for r in rows[1:]},
                "layers": [k for k in curves if k != "input" and not k.startswith("delta")]}
+    if warnings:
+        summary["warnings"] = warnings
     print(json.dumps(summary))
     return 0
 

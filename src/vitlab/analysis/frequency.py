@@ -43,6 +43,10 @@ __all__ = [
 
 
 # ---- filters -----------------------------------------------------------------------------------------------------
+
+class NoFeatureMapsError(ConfigError):
+    """The model shows no feature map to take a spectrum of (e.g. a plain CNN module without timm's feature API)."""
+
 def _check_square(x: Tensor, name: str) -> None:
     if x.dim() < 2:
         raise ValueError(f"{name}: expected a tensor (..., H, W), got shape {tuple(x.shape)}")
@@ -248,9 +252,9 @@ def feature_maps(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     finally:
         model.train(was_training)
     if not maps:
-        raise ConfigError(f"feature spectrum: model {type(backbone).__name__} exposes no feature maps (it has neither "
-                          "forward_intermediates nor blocks/stages/layers whose outputs are (B, C, H, W) maps or "
-                          "square-grid tokens)")
+        raise NoFeatureMapsError(f"feature spectrum: model {type(backbone).__name__} exposes no feature maps "
+                                 "(it has neither forward_intermediates nor blocks/stages/layers whose "
+                                 "outputs are (B, C, H, W) maps or square-grid tokens)")
     return maps
 
 

@@ -417,6 +417,11 @@ def outside_method(args: argparse.Namespace, data_cfg: Any = None, classes: Sequ
     from vitlab.methods.base import DataInfo, build_method
 
     data_cfg = data_cfg if data_cfg is not None else DataConfig()
+    from vitlab.data.foolbox import FOOLBOX_SETS
+
+    if data_cfg.name in FOOLBOX_SETS:  # their own size unless the model says otherwise
+        grey = FOOLBOX_SETS[data_cfg.name] in ("mnist", "fashionMNIST")
+        data_cfg = dataclasses.replace(data_cfg, channels=1 if grey else 3, img_size=28 if grey else 32)
     outside = build_outside_model(args, data_cfg.channels, data_cfg.img_size)
     c, h, w = outside.convention.input_size or (data_cfg.channels, data_cfg.img_size, data_cfg.img_size)
     if h != w:
@@ -436,7 +441,7 @@ def outside_method(args: argparse.Namespace, data_cfg: Any = None, classes: Sequ
                     method=method_config_class("supervised")())
     info = DataInfo(num_classes=outside.num_classes, channels=c, img_size=h, mean=mean, std=std,
                     classes=[str(k) for k in classes] if len(classes) == outside.num_classes else [])
-    method = build_method(cfg, info)
+    method: Any = build_method(cfg, info)  # a Supervised: its ImageClassifier is method.model
     method.model.model = outside.model.model  # the module built above, with its weights
     method.source = outside.source
     return method.eval()
