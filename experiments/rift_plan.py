@@ -47,7 +47,8 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
     t1 = time.time()
     with torch.no_grad():
         pred = torch.cat([model(test["input_ids"][i:i + 250], test["attention_mask"][i:i + 250],
-                                test["token_type_ids"][i:i + 250]).argmax(1) for i in range(0, len(test["label"]), 250)])
+                                test["token_type_ids"][i:i + 250]).argmax(1)
+                          for i in range(0, len(test["label"]), 250)])
     clean_acc = float((pred == test["label"]).float().mean())
     exact = attack_text_model(model, {k: v[: args.n_exact] for k, v in test.items()}, "exact", unk)
     del clean
