@@ -190,7 +190,7 @@ RIFT_WRITER = "python experiments/rift_plan.py --seeds 0 1 2 --steps 20 --n-exac
 
 
 def rift_synth(results: list[dict[str, Any]]) -> str:
-    """Per method: clean accuracy (500 test sentences) and exact worst-case robust accuracy (the first 80), mean ±
+    """Per method: clean accuracy (500 test sentences) and exact worst-case robust accuracy (the first 40), mean ±
     seed std; then the gate of specs/rift.md §6 (RIFT's robust mean above standard fine-tuning's by more than the
     pooled seed std) and the clean-accuracy cost."""
     by_row: dict[str, list[dict[str, Any]]] = {}
