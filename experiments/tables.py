@@ -210,11 +210,11 @@ def sun_fewshot(results: list[dict[str, Any]]) -> str:
 RIFT_ROWS = {"standard": "standard fine-tuning (CE)", "rift": "RIFT (CE + 10·KL on ASCC + 0.1·InfoNCE)",
              "ascc_kl": "ASCC + KL without MI (w_mi 0)"}
 RIFT_FILES = tuple(f"rift/{row}_s{seed}.json" for row in RIFT_ROWS for seed in (0, 1, 2))
-RIFT_WRITER = "python experiments/rift_plan.py --seeds 0 1 2 --steps 40 --n-exact 80"
+RIFT_WRITER = "python experiments/rift_plan.py --seeds 0 1 2 --steps 20 --n-exact 40"
 
 
 def rift_synth(results: list[dict[str, Any]]) -> str:
-    """Per method: clean accuracy (500 test sentences) and exact worst-case robust accuracy (the first 80), mean ±
+    """Per method: clean accuracy (500 test sentences) and exact worst-case robust accuracy (the first 40), mean ±
     seed std; then the gate of specs/rift.md §6 (RIFT's robust mean above standard fine-tuning's by more than the
     pooled seed std) and the clean-accuracy cost."""
     by_row: dict[str, list[dict[str, Any]]] = {}
