@@ -113,11 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                    "-m", "vitlab", "train", "-c", RECIPE, *TINY, "--set", "optim.lrr=1"]
             code, err = _run(cmd, ws)
-            errors = sum(line.startswith("error: ") for line in err.splitlines())
+            lines = err.strip().splitlines()
+            errors = [line for line in lines if line.startswith("error: ")]
+            root_cause = next((line.split(":", 1)[1].split("(")[0].strip() for line in reversed(lines)
+                               if line.strip().startswith("exitcode")), "?")
             rows.append(("`torchrun --nproc-per-node 2` with a config error", code,
-                         f"{errors} `error:` line(s) from the ranks: "
-                         f"{_cell(next((ln for ln in err.splitlines() if ln.startswith('error: ')), ''))}; "
-                         f"{len(err.strip().splitlines())} stderr lines in all (torchrun's own report included)"))
+                         f"{len(errors)} `error:` line (rank 0): {_cell(errors[0] if errors else '')}; then "
+                         f"torchrun's own report ({len(lines) - len(errors)} lines, root cause exitcode {root_cause})"))
         code, err = _internal_fault()
         rows.append(("an internal `ValueError` (a bug, simulated)", code, _cell(err)))
     print("| mistake | exit | stderr |")

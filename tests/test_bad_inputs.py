@@ -321,3 +321,15 @@ def test_as_a_real_process(ws: Path, argv: list[str], needle: str) -> None:
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ") and needle in res.stderr, res.stderr
     assert _snapshot(ws) == before
+
+
+@pytest.mark.slow  # two processes under torchrun (about 10 s)
+def test_under_torchrun_one_rank_reports(ws: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "vitlab", *_fill(_train("optim.lrr=1"), ws)], capture_output=True, text=True, env=env,
+                         cwd=ws)
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: optim.lrr: unknown key"), res.stderr
+    assert "exitcode  : 2" in res.stderr  # the root cause torchrun reports is the user error's exit code
