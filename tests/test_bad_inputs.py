@@ -293,6 +293,30 @@ def test_a_library_fault_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) ->
         main(["info", "resnet18"])
 
 
+@pytest.mark.parametrize("error, code, line", [
+    (PermissionError(13, "Permission denied", "/data/out.csv"), 2, "error: /data/out.csv: permission denied"),
+    (OSError(28, "No space left on device", "/data/out.csv"), 2, "error: /data/out.csv: no space left on the device"),
+    (OSError(22, "Invalid argument", "/data/out.csv"), None, ""),  # not the user's environment: a traceback
+], ids=["permission", "disk-full", "other-os-error"])
+def test_a_file_system_error_from_any_command_is_one_line(error: OSError, code: int | None, line: str,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety net behind the boundaries: a command that writes with plain ``open`` still ends in one line when
+    the folder is read-only or the disk is full; any other OSError keeps its traceback."""
+    import vitlab.cli as cli
+
+    def writes(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_info", writes)
+    if code is None:
+        with pytest.raises(OSError, match="Invalid argument"):
+            main(["info", "resnet18"])
+        return
+    assert main(["info", "resnet18"]) == code
+    assert capsys.readouterr().err == line + "\n"
+
+
 def test_only_rank_0_prints_and_every_rank_exits_2(ws: Path, capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     argv = _fill(_train("optim.lrr=1"), ws)
