@@ -170,6 +170,13 @@ def sun_fewshot(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def reliability_bad_inputs(results: list[dict[str, Any]]) -> str:
+    """Issue 19's mistakes through the real command: exit code and what it printed (experiments/bad_inputs.py)."""
+    rows = ["| mistake | exit | stderr |", "| --- | --- | --- |"]
+    rows += [f"| {r['mistake']} | {r['exit']} | {r['stderr'].replace('|', '/')} |" for r in results[0]["rows"]]
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -190,6 +197,8 @@ TABLES: dict[str, Table] = {
     "sun_fewshot": Table(SUN_FILES, sun_fewshot, SUN_WRITER),
     "sun_step": Table(("benchmarks/sun_step.json",), sun_step,
                       "python benchmarks/bench_sun.py --steps 15 --threads 2 --out results/benchmarks/sun_step.json"),
+    "reliability_bad_inputs": Table(("reliability/bad_inputs.json",), reliability_bad_inputs,
+                                    "python experiments/bad_inputs.py"),
 }
 
 
