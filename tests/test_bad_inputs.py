@@ -332,7 +332,8 @@ def test_only_rank_0_prints_and_every_rank_exits_2(ws: Path, capsys: pytest.Capt
 
 
 @pytest.mark.parametrize("argv, needle", [
-    pytest.param(["train", "-c", "{ws}/recipes/empty.yaml"], "empty.yaml: the file is empty", id="empty-recipe"),
+    pytest.param(["train", "-c", "{ws}/recipes/empty.yaml"], "empty.yaml: the file is empty", id="empty-recipe",
+                 marks=pytest.mark.slow),  # a fresh interpreter importing torch: seconds (tests/test_cli.py has one)
     pytest.param(["eval", "--ckpt", "{ws}/good.ckpt", "--out", "{ro}/metrics.json"], "cannot be written",
                  id="eval-out-read-only", marks=pytest.mark.slow),
 ])
