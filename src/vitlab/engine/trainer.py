@@ -478,7 +478,8 @@ def _stop_requested(run: Run) -> bool:
     """Whether a stop signal arrived, in any process (all processes stop at the same step)."""
     stop = run.stop_signal is not None
     if run.world > 1:
-        stop = bool(run.fabric.all_reduce(torch.tensor(float(stop)), reduce_op="sum") > 0)
+        flag = torch.tensor(float(stop), device=run.fabric.device)
+        stop = bool(run.fabric.all_reduce(flag, reduce_op="sum") > 0)
     return stop
 
 
