@@ -293,6 +293,13 @@ def transzero_speed(results: list[dict[str, Any]]) -> str:
                       f"{s['step_per_image_geometry_s']:.2f} s |"])
 
 
+def reliability_bad_inputs(results: list[dict[str, Any]]) -> str:
+    """Issue 19's mistakes through the real command: exit code and what it printed (experiments/bad_inputs.py)."""
+    rows = ["| mistake | exit | stderr |", "| --- | --- | --- |"]
+    rows += [f"| {r['mistake']} | {r['exit']} | {r['stderr'].replace('|', '/')} |" for r in results[0]["rows"]]
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -321,6 +328,8 @@ TABLES: dict[str, Table] = {
     "transzero_speed": Table(("benchmarks/transzero.json",), transzero_speed,
                              "python benchmarks/bench_transzero.py --threads 2 --steps 5 --images 8 "
                              "--out results/benchmarks/transzero.json"),
+    "reliability_bad_inputs": Table(("reliability/bad_inputs.json",), reliability_bad_inputs,
+                                    "python experiments/bad_inputs.py"),
 }
 
 
