@@ -9,7 +9,8 @@
 
 The load average of the machine is recorded: on a shared machine the figures are upper bounds.
 
-Run: python benchmarks/bench_transzero.py [--threads 2] [--steps 5] [--images 8] [--out results/benchmarks/transzero.json]
+Run: python benchmarks/bench_transzero.py [--threads 2] [--steps 5] [--images 8]
+         [--out results/benchmarks/transzero.json]
 """
 
 from __future__ import annotations

@@ -3,15 +3,17 @@
 Builds a scratch workspace (a tiny 10-class checkpoint of ``test_resnet``, a run folder holding it, an 11-class image
 folder, an empty recipe, an unwritable folder: a 0o555 folder, or under root, which ignores permissions, a sysfs path
 nobody may write), runs each case as its own ``python -m vitlab`` process (and one ``torchrun`` launch of 2 CPU
-processes) and prints a Markdown table of exit code and stderr. docs/reliability.md holds its output.
+processes), writes the exit code and stderr of each to results/reliability/bad_inputs.json and prints them as a
+Markdown table; docs/reliability.md shows ``python experiments/tables.py reliability_bad_inputs`` of that file.
 
 Run:    python experiments/bad_inputs.py            (about a minute on 2 CPU cores)
-        python experiments/bad_inputs.py --no-torchrun
+        python experiments/bad_inputs.py --no-torchrun --out /tmp/bad_inputs.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -100,7 +102,11 @@ def _cell(stderr: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--no-torchrun", action="store_true", help="skip the 2-process torchrun case")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "reliability" / "bad_inputs.json",
+                        help="the result file (default: results/reliability/bad_inputs.json)")
     args = parser.parse_args(argv)
+    options = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python experiments/bad_inputs.py", *options])
     sys.path.insert(0, str(ROOT / "src"))
     with tempfile.TemporaryDirectory(prefix="vitlab-bad-inputs-") as tmp:
         ws = Path(tmp)
@@ -113,17 +119,22 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                    "-m", "vitlab", "train", "-c", RECIPE, *TINY, "--set", "optim.lrr=1"]
             code, err = _run(cmd, ws)
-            errors = sum(line.startswith("error: ") for line in err.splitlines())
+            lines = err.strip().splitlines()
+            errors = [line for line in lines if line.startswith("error: ")]
+            root_cause = next((line.split(":", 1)[1].split("(")[0].strip() for line in reversed(lines)
+                               if line.strip().startswith("exitcode")), "?")
             rows.append(("`torchrun --nproc-per-node 2` with a config error", code,
-                         f"{errors} `error:` line(s) from the ranks: "
-                         f"{_cell(next((ln for ln in err.splitlines() if ln.startswith('error: ')), ''))}; "
-                         f"{len(err.strip().splitlines())} stderr lines in all (torchrun's own report included)"))
+                         f"{len(errors)} `error:` line (rank 0): {_cell(errors[0] if errors else '')}; then "
+                         f"torchrun's own report ({len(lines) - len(errors)} lines, root cause exitcode {root_cause})"))
         code, err = _internal_fault()
         rows.append(("an internal `ValueError` (a bug, simulated)", code, _cell(err)))
+    result = {"command": command, "rows": [{"mistake": t, "exit": c, "stderr": cell} for t, c, cell in rows]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("| mistake | exit | stderr |")
     print("| --- | --- | --- |")
-    for title, code, cell in rows:
-        print(f"| {title} | {code} | {cell.replace('|', '/')} |")
+    for row in result["rows"]:
+        print(f"| {row['mistake']} | {row['exit']} | {row['stderr'].replace('|', '/')} |")
     return 0
 
 

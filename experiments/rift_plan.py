@@ -5,7 +5,7 @@ robust accuracy (every substitution combination) on the first ``--n-exact`` of t
 One result file per method and seed, ``results/rift/<method>_s<seed>.json``; existing files are skipped (resumable).
 Printed by ``python experiments/tables.py rift_synth``.
 
-    OMP_NUM_THREADS=1 python experiments/rift_plan.py [--steps 40] [--n-exact 80] [--seeds 0 1 2]
+    OMP_NUM_THREADS=1 python experiments/rift_plan.py [--steps 20] [--n-exact 40] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
     t1 = time.time()
     with torch.no_grad():
         pred = torch.cat([model(test["input_ids"][i:i + 250], test["attention_mask"][i:i + 250],
-                                test["token_type_ids"][i:i + 250]).argmax(1) for i in range(0, len(test["label"]), 250)])
+                                test["token_type_ids"][i:i + 250]).argmax(1)
+                          for i in range(0, len(test["label"]), 250)])
     clean_acc = float((pred == test["label"]).float().mean())
     exact = attack_text_model(model, {k: v[: args.n_exact] for k, v in test.items()}, "exact", unk)
     del clean
-    return {"command": "python experiments/rift_plan.py --seeds 0 1 2 --steps 40 --n-exact 80",
+    return {"command": "python experiments/rift_plan.py --seeds 0 1 2 --steps 20 --n-exact 40",
             "method": method, "seed": seed, "recipe": f"recipes/rift/{RECIPES[method]}.yaml", "overrides": overrides,
             "steps": args.steps, "batch": cfg.data.batch_size * 2, "train_seconds": train_s,
             "clean_accuracy": clean_acc, "n_test": int(len(test["label"])),
@@ -63,9 +64,9 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--n-exact", type=int, default=80)
+    p.add_argument("--n-exact", type=int, default=40)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(RECIPES))
     p.add_argument("--out-dir", default="runs")

@@ -86,6 +86,22 @@ def ar_cam_ink(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def demo_times(results: list[dict[str, Any]]) -> str:
+    """Per-section wall and CPU seconds of the `vitlab demo` runs of experiments/demo_times.py."""
+    r = results[0]
+    rows = ["| section | status | wall (s) | CPU (s) | process (threads) | load average at the process's end |",
+            "|---|---|---|---|---|---|"]
+    total_wall = total_cpu = 0.0
+    for k, run in enumerate(r["runs"]):
+        load = ", ".join(f"{v:.1f}" for v in run["load_average_at_end"])
+        for s in run["sections"]:
+            total_wall, total_cpu = total_wall + s["seconds"], total_cpu + (s["cpu_seconds"] or 0.0)
+            rows.append(f"| {s['name']} | {s['status']} | {s['seconds']:.0f} | {s['cpu_seconds']:.0f} | "
+                        f"{k + 1} of {r['groups']} ({run['threads']}) | {load} |")
+    rows.append(f"| sum | | {total_wall:.0f} | {total_cpu:.0f} | | |")
+    return "\n".join(rows)
+
+
 def episodes_speed(results: list[dict[str, Any]]) -> str:
     r = results[0]
     names = {"cosine": "cosine prototypes (Meta-Baseline)", "euclidean": "Euclidean prototypes",
@@ -194,11 +210,11 @@ def sun_fewshot(results: list[dict[str, Any]]) -> str:
 RIFT_ROWS = {"standard": "standard fine-tuning (CE)", "rift": "RIFT (CE + 10·KL on ASCC + 0.1·InfoNCE)",
              "ascc_kl": "ASCC + KL without MI (w_mi 0)"}
 RIFT_FILES = tuple(f"rift/{row}_s{seed}.json" for row in RIFT_ROWS for seed in (0, 1, 2))
-RIFT_WRITER = "python experiments/rift_plan.py --seeds 0 1 2 --steps 40 --n-exact 80"
+RIFT_WRITER = "python experiments/rift_plan.py --seeds 0 1 2 --steps 20 --n-exact 40"
 
 
 def rift_synth(results: list[dict[str, Any]]) -> str:
-    """Per method: clean accuracy (500 test sentences) and exact worst-case robust accuracy (the first 80), mean ±
+    """Per method: clean accuracy (500 test sentences) and exact worst-case robust accuracy (the first 40), mean ±
     seed std; then the gate of specs/rift.md §6 (RIFT's robust mean above standard fine-tuning's by more than the
     pooled seed std) and the clean-accuracy cost."""
     by_row: dict[str, list[dict[str, Any]]] = {}
@@ -224,6 +240,66 @@ def rift_synth(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+TZ_ROWS = {"transzero_pp": "TransZero++ (AVT + VAT, collaborative losses)",
+           "global": "global-feature compatibility baseline",
+           "avt": "AVT only (TransZero)", "vat": "VAT only"}
+TZ_FILES = tuple(f"transzero/{row}_s{seed}.json" for row in TZ_ROWS for seed in (0, 1, 2))
+TZ_WRITER = "python experiments/transzero_plan.py --seeds 0 1 2 --set train.epochs=50 --set train.eval_every=5"
+TZ_LR_FILES = tuple(f"transzero/lr1e-4/{row}_s{seed}.json" for row in ("transzero_pp", "global") for seed in (0, 1, 2))
+TZ_LR_WRITER = ("python experiments/transzero_plan.py --seeds 0 1 2 --rows transzero_pp global --tag lr1e-4 "
+                "--set optim.lr=1e-4 --set train.epochs=50 --set train.eval_every=5")
+
+
+def transzero_digits(results: list[dict[str, Any]]) -> str:
+    """Per row: mean ± seed std of the final-iteration CZSL acc and GZSL U / S / H on digits_zsl, the best-on-test
+    H and acc beside them; then the gate of specs/transzero.md §6 (TransZero++ above the baseline by more than the
+    pooled seed std, on H and on acc)."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_row.setdefault(r["row"], []).append(r)
+    steps = results[0]["steps"]
+    rows = [f"| row (digits_zsl, {steps} iterations; mean ± seed std) | seeds | CZSL acc % | U % | S % | H % | "
+            "best-on-test H % | best-on-test acc % |", "|---|---|---|---|---|---|---|---|"]
+    stats: dict[str, dict[str, tuple[float, float]]] = {}
+    for row, label in TZ_ROWS.items():
+        runs = sorted(by_row.get(row, []), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        stats[row] = {k: _seed_stats([r[k] for r in runs])
+                      for k in ("acc", "U", "S", "H", "best_on_test_H", "best_on_test_acc")}
+        cells = " | ".join(f"{m:.1f} ± {sd:.1f}" if len(runs) > 1 else f"{m:.1f}" for m, sd in stats[row].values())
+        rows.append(f"| {label} | {', '.join(str(r['seed']) for r in runs)} | {cells} |")
+    rows.append("")
+    for key, name in (("H", "GZSL H"), ("acc", "CZSL acc")):
+        (tm, ts), (bm, bs) = stats["transzero_pp"][key], stats["global"][key]
+        pooled = ((ts ** 2 + bs ** 2) / 2) ** 0.5
+        verdict = "holds" if tm - bm > pooled else "does not hold"
+        rows.append(f"Gate ({name}): TransZero++ {tm:.1f} − baseline {bm:.1f} = {tm - bm:.1f} vs pooled seed std "
+                    f"{pooled:.1f}: {verdict}.")
+    return "\n".join(rows)
+
+
+def transzero_speed(results: list[dict[str, Any]]) -> str:
+    r = results[0]
+    e, s = r["extraction"], r["step"]
+    load = r["load_average"]
+    return "\n".join([f"| measurement (torch {r['torch']}, {r['threads']} threads; load average {load[0]} → "
+                      f"{load[1]}) | value |", "|---|---|",
+                      f"| region-feature extraction, ResNet-101 at 448 px → 2048×14×14, batch {e['batch']} "
+                      f"({e['images']} images) | {e['images_per_s']:.2f} images/s |",
+                      f"| TransZero++ CUB training step, batch {s['batch']} (median of {s['steps']}) | "
+                      f"{s['step_s']:.2f} s |",
+                      f"| the same step, geometry bias recomputed per image (official) | "
+                      f"{s['step_per_image_geometry_s']:.2f} s |"])
+
+
+def reliability_bad_inputs(results: list[dict[str, Any]]) -> str:
+    """Issue 19's mistakes through the real command: exit code and what it printed (experiments/bad_inputs.py)."""
+    rows = ["| mistake | exit | stderr |", "| --- | --- | --- |"]
+    rows += [f"| {r['mistake']} | {r['exit']} | {r['stderr'].replace('|', '/')} |" for r in results[0]["rows"]]
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -237,6 +313,7 @@ TABLES: dict[str, Table] = {
                               "python experiments/complexity.py dualformer"),
     "ar_cam_ink": Table(("ar/cam_ink.json", "ar/cam_ink_vit_tiny.json"), ar_cam_ink,
                         "python experiments/ar_lens.py --retrain"),
+    "demo_times": Table(("demo/times.json",), demo_times, "python experiments/demo_times.py --groups 3 --threads 1"),
     "sun_backbones": Table(("sun/complexity.json",), sun_backbones, "python experiments/complexity.py sun"),
     "episodes_speed": Table(("benchmarks/episodes.json",), episodes_speed,
                             "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
@@ -247,6 +324,12 @@ TABLES: dict[str, Table] = {
                        "python benchmarks/bench_rift.py --steps 5 --threads 2 --out results/benchmarks/rift_step.json"),
     "sun_step": Table(("benchmarks/sun_step.json",), sun_step,
                       "python benchmarks/bench_sun.py --steps 15 --threads 2 --out results/benchmarks/sun_step.json"),
+    "transzero_digits": Table(TZ_FILES, transzero_digits, TZ_WRITER),
+    "transzero_speed": Table(("benchmarks/transzero.json",), transzero_speed,
+                             "python benchmarks/bench_transzero.py --threads 2 --steps 5 --images 8 "
+                             "--out results/benchmarks/transzero.json"),
+    "reliability_bad_inputs": Table(("reliability/bad_inputs.json",), reliability_bad_inputs,
+                                    "python experiments/bad_inputs.py"),
 }
 
 

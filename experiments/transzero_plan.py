@@ -47,9 +47,14 @@ def read_evals(metrics_csv: Path) -> list[dict[str, float]]:
     return [by_step[k] for k in sorted(by_step)]
 
 
-def writer_command(seeds: list[int], sets: list[str]) -> str:
+def writer_command(seeds: list[int], sets: list[str], tag: str = "", rows: list[str] | None = None) -> str:
     """The command that writes every result file of the plan again (rows default to all)."""
-    return " ".join(["python experiments/transzero_plan.py --seeds", *map(str, seeds), *[f"--set {s}" for s in sets]])
+    parts = ["python experiments/transzero_plan.py --seeds", *map(str, seeds)]
+    if rows is not None and set(rows) != set(ROWS):
+        parts += ["--rows", *rows]
+    if tag:
+        parts += ["--tag", tag]
+    return " ".join(parts + [f"--set {s}" for s in sets])
 
 
 def run_row(row: str, seed: int, out: Path, sets: list[str], command: str) -> dict[str, Any]:
@@ -77,15 +82,18 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--out", default="runs/transzero_plan")
     parser.add_argument("--set", action="append", default=[], help="extra overrides for every run")
+    parser.add_argument("--tag", default="", help="a variant of the plan: results/transzero/<tag>/, runs <out>/<tag>")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out)
+    results = RESULTS / args.tag if args.tag else RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) / args.tag if args.tag else Path(args.out)
+    rows = None if not args.tag else args.rows
     for seed in args.seeds:
         for row in args.rows:
-            path = RESULTS / f"{row}_s{seed}.json"
+            path = results / f"{row}_s{seed}.json"
             if path.exists():
                 continue
-            result = run_row(row, seed, out, args.set, writer_command(args.seeds, args.set))
+            result = run_row(row, seed, out, args.set, writer_command(args.seeds, args.set, args.tag, rows))
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
             os.replace(tmp, path)

@@ -293,6 +293,30 @@ def test_a_library_fault_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) ->
         main(["info", "resnet18"])
 
 
+@pytest.mark.parametrize("error, code, line", [
+    (PermissionError(13, "Permission denied", "/data/out.csv"), 2, "error: /data/out.csv: permission denied"),
+    (OSError(28, "No space left on device", "/data/out.csv"), 2, "error: /data/out.csv: no space left on the device"),
+    (OSError(22, "Invalid argument", "/data/out.csv"), None, ""),  # not the user's environment: a traceback
+], ids=["permission", "disk-full", "other-os-error"])
+def test_a_file_system_error_from_any_command_is_one_line(error: OSError, code: int | None, line: str,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety net behind the boundaries: a command that writes with plain ``open`` still ends in one line when
+    the folder is read-only or the disk is full; any other OSError keeps its traceback."""
+    import vitlab.cli as cli
+
+    def writes(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_info", writes)
+    if code is None:
+        with pytest.raises(OSError, match="Invalid argument"):
+            main(["info", "resnet18"])
+        return
+    assert main(["info", "resnet18"]) == code
+    assert capsys.readouterr().err == line + "\n"
+
+
 def test_only_rank_0_prints_and_every_rank_exits_2(ws: Path, capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     argv = _fill(_train("optim.lrr=1"), ws)
@@ -308,7 +332,8 @@ def test_only_rank_0_prints_and_every_rank_exits_2(ws: Path, capsys: pytest.Capt
 
 
 @pytest.mark.parametrize("argv, needle", [
-    pytest.param(["train", "-c", "{ws}/recipes/empty.yaml"], "empty.yaml: the file is empty", id="empty-recipe"),
+    pytest.param(["train", "-c", "{ws}/recipes/empty.yaml"], "empty.yaml: the file is empty", id="empty-recipe",
+                 marks=pytest.mark.slow),  # a fresh interpreter importing torch: seconds (tests/test_cli.py has one)
     pytest.param(["eval", "--ckpt", "{ws}/good.ckpt", "--out", "{ro}/metrics.json"], "cannot be written",
                  id="eval-out-read-only", marks=pytest.mark.slow),
 ])
@@ -321,3 +346,15 @@ def test_as_a_real_process(ws: Path, argv: list[str], needle: str) -> None:
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ") and needle in res.stderr, res.stderr
     assert _snapshot(ws) == before
+
+
+@pytest.mark.slow  # two processes under torchrun (about 10 s)
+def test_under_torchrun_one_rank_reports(ws: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "vitlab", *_fill(_train("optim.lrr=1"), ws)], capture_output=True, text=True, env=env,
+                         cwd=ws)
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: optim.lrr: unknown key"), res.stderr
+    assert "exitcode  : 2" in res.stderr  # the root cause torchrun reports is the user error's exit code

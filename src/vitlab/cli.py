@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from vitlab.engine.trainer import NonFiniteLossError
-    from vitlab.errors import UserError
+    from vitlab.errors import UserError, is_environment_error, os_reason
 
     try:
         return int(args.func(args) or 0)
@@ -297,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if _is_reporting_rank():
             print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if not is_environment_error(exc) or os.environ.get("VITLAB_DEBUG"):
+            raise
+        if _is_reporting_rank():  # a boundary that did not name it (an extra command's output file, say)
+            print(f"error: {exc.filename}: {os_reason(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as exc:
         if _is_reporting_rank():

@@ -284,7 +284,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"recipe {path}: expected a mapping of sections (data, model, method, optim, ...)")
         if len(loaded) == 0:  # an empty file (or only comments) would silently train every default
             raise ConfigError(f"recipe {path}: the file is empty; expected a mapping of sections (data, model, "
-                              "method, optim, ...); for every default write `name: <run name>`")
+                              "method, optim, ...); for every default write 'name: <run name>'")
         raw = loaded
     try:
         merged_raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(_parse_overrides(overrides or [])))

@@ -46,6 +46,15 @@ def os_reason(exc: OSError) -> str:
     return _REASONS.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
+def is_environment_error(exc: BaseException) -> bool:
+    """An ``OSError`` the user fixes outside vitlab (permission, read-only file system, disk full or quota, a
+    file-size limit) that names its file: the command line reports it as a user error wherever it was raised."""
+    return isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS and exc.filename is not None
+
+
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 @contextmanager
 def writing(path: str | Path, what: str = "output", kept: str | None = None) -> Iterator[None]:
     """Turn an ``OSError`` raised while writing ``path`` into a one-line :class:`OutputError` naming it.

@@ -4,7 +4,6 @@ in its exact layout), class-balanced groups, and bad input."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -146,3 +146,13 @@ def test_image_attributes_and_digits_zsl_splits() -> None:
     assert splits.seen.tolist() == list(SEEN_DIGITS) and splits.unseen.tolist() == list(UNSEEN_DIGITS)
     assert not set(splits.labels[splits.test_seen]) & set(UNSEEN_DIGITS)
     assert images.shape[1:] == (1, 32, 32) and len(images) == len(splits.labels)
+
+
+@pytest.mark.slow  # loads the bundled MiniLM through transformers: 12 s on the loaded 2-core machine
+def test_minilm_word_vectors_offline() -> None:
+    from vitlab.data.zsl import minilm_word_vectors
+
+    vectors = minilm_word_vectors(["bill shape curved", "wing color blue", "bill shape curved"])
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert np.allclose(vectors[0], vectors[2]) and not np.allclose(vectors[0], vectors[1])

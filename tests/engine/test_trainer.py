@@ -54,6 +54,7 @@ def test_training_beats_chance_and_writes_artifacts(tmp_path: Path) -> None:
         train(cfg)
 
 
+@pytest.mark.slow  # three fresh interpreters (about 55 s); tests/test_faults.py kills a forked trainer mid-write
 def test_kill9_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     common = ["train", "-c", RECIPE, "--set", f"out_dir={tmp_path}", *sum((["--set", o] for o in TINY), []),
               "--set", "train.epochs=3", "--set", "train.ckpt_every_steps=3", "--set", "data.aug.mixup=0.2"]

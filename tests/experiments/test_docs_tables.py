@@ -27,6 +27,8 @@ DESCRIPTIVE = {
     "| regime | training set | epochs (HAT epochs) |",
     "| stage | what it trains | loss | vitlab |",
     "| data set | splits | layout under `data.root` |",
+    "| what happened | what you see | exit code |",
+    "| fault | test (`tests/test_faults.py`) | shown |",
 }
 
 

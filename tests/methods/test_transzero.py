@@ -124,7 +124,8 @@ def test_every_recipe_loads(recipe: str) -> None:
         assert cfg.method.grid == [14, 14] and cfg.method.extract.img_size == 448  # type: ignore[attr-defined]
 
 
-@pytest.mark.slow  # a CUB-size step: 2048 x 14 x 14 regions, d 300, 312 attributes, 200 classes (~15 s)
+@pytest.mark.slow  # a CUB-size step: 2048 x 14 x 14 regions, d 300, 312 attributes, 200 classes; 15-70 s a step
+@pytest.mark.timeout(1800)  # the step and two evaluation passes on a loaded 2-core machine
 def test_full_scale_cub_recipe_steps_on_an_xlsa17_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                                           ) -> None:
     _load_zsl.cache_clear()

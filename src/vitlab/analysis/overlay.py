@@ -28,6 +28,7 @@ __all__ = [
     "SegmentationHead",
     "apply_lut",
     "attention_weights",
+    "attribute_maps",
     "bilateral_filter",
     "blend",
     "cartoon",
@@ -290,21 +291,52 @@ def train_segmentation_head(model: nn.Module, images: Tensor, masks: Tensor, sta
     return head.eval()
 
 
+def attribute_maps(model: nn.Module, features: Tensor, top_k: int = 10,
+                   attribute: int | None = None) -> tuple[Tensor, Tensor]:
+    """TransZero++ attribute attention (spec §2.2 ``attribute``): the AVT decoder's cross-attention of each attribute
+    query over the regions, for the ``top_k`` attributes with the highest AVT score ψ (default 10, as TransZero's
+    attention_map.py), highest first; or for the one ``attribute`` index given.
+
+    features: the model's input, region features (B, C, rows, cols) of its backbone (not images). Returns the maps
+    (B, k, rows, cols), each summing to 1 over the regions, and the attribute indices (B, k). The model runs in eval
+    mode without gradients; its train flags are restored.
+    """
+    if not callable(getattr(model, "attribute_attention_maps", None)):
+        raise ConfigError(f"source 'attribute': {_model_name(model)} has no attribute attention; it needs a "
+                          "TransZero++ model (vitlab.models.transzero.TransZeroPP) with the AVT sub-net")
+    with _EvalMode(model), torch.no_grad():
+        maps = cast(Any, model).attribute_attention_maps(features)  # (B, A, rows, cols)
+        count = maps.shape[1]
+        if attribute is not None:
+            if not 0 <= int(attribute) < count:
+                raise ConfigError(f"attribute: {attribute} is not an attribute index of this model (0..{count - 1})")
+            order = torch.full((maps.shape[0], 1), int(attribute), dtype=torch.long, device=maps.device)
+        else:
+            if top_k < 1:
+                raise ConfigError(f"top_k: expected an integer >= 1, got {top_k}")
+            scores = cast(Any, model)(features)["embedding_avt"]  # ψ_AVT (B, A)
+            order = scores.topk(min(top_k, count), dim=1).indices
+    picked = maps.gather(1, order[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
+    return picked, order
+
+
 def token_map(model: nn.Module, x: Tensor, source: str, **kw: Any) -> Tensor:
     """A (B, h, w) map of images x (B, 3, H, W) in [0, 1] from ``source`` (spec §2.2), on the model's own grid.
 
     * ``cam``: :func:`class_activation_map` (``target=`` class, default the predicted one);
     * ``attention``: :func:`cls_attention_map`;
     * ``segmentation``: sigmoid of a trained :class:`SegmentationHead` (``head=``) on the frozen features;
-    * ``attribute``: TransZero++'s attribute attention, not available until vitlab has TransZero++ (an error).
+    * ``attribute``: TransZero++'s AVT attention of one attribute (:func:`attribute_maps`); here ``x`` is the model's
+      input, region features (B, C, rows, cols); ``attribute=`` an index, else ``rank=`` (default 0: the attribute
+      with the highest ψ score of each image).
 
     The model runs in eval mode without gradients; its train flags are restored.
     """
     if source not in MAP_SOURCES:
         raise ConfigError(f"source: unknown map source {source!r} (allowed: {', '.join(MAP_SOURCES)})")
     if source == "attribute":
-        raise ConfigError("source 'attribute': needs a TransZero++ model (spec transzero.md), which vitlab does not "
-                          "provide yet; use cam, attention or segmentation")
+        maps, _ = attribute_maps(model, x, top_k=int(kw.get("rank", 0)) + 1, attribute=kw.get("attribute"))
+        return maps[:, -1]
     with _EvalMode(model), torch.no_grad():
         if source == "cam":
             return class_activation_map(model, x, kw.get("target"))

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,7 +134,7 @@ def digits_zsl_features(folder: str | Path | None = None, backbone_epochs: int |
     """The region features of every digits_zsl image (N, 128, 4, 4), extracted once into the data cache (or
     ``folder``) by a backbone trained on the seen classes (``backbone_epochs`` overrides its 8 epochs, e.g. for a
     quick demo); a rerun reads the shards back."""
-    params = {"version": BACKBONE_VERSION, **BACKBONE, "seen": list(SEEN_DIGITS)}
+    params: dict[str, Any] = {"version": BACKBONE_VERSION, **BACKBONE, "seen": list(SEEN_DIGITS)}
     if backbone_epochs is not None:
         params["epochs"] = backbone_epochs
     out = Path(folder) if folder is not None else cache_dir() / f"digits_zsl_regions-{cache_key(params)}"

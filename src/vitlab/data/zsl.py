@@ -263,12 +263,28 @@ def extract_region_features(backbone: Callable[[Tensor], Tensor], images: Datase
     return out
 
 
-def _bar(enabled: bool, total: int, description: str) -> Any:
+class _Bar:
+    """A rich progress bar with tqdm's ``update(n)`` / ``close()`` (rich is what the engine's bars use)."""
+
+    def __init__(self, total: int, description: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task(description, total=total)
+
+    def update(self, n: int) -> None:
+        self.progress.update(self.task, advance=n)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _bar(enabled: bool, total: int, description: str) -> _Bar | None:
     if not enabled or total == 0 or not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="img")
+    return _Bar(total, description)
 
 
 class RegionFeatures:
@@ -354,16 +370,15 @@ class CenterCropImages(Dataset):
 
         path = self.files[index]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                w, h = img.size
-                scale = self.size / min(w, h)
-                img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
-                                 Image.BILINEAR)
-                w, h = img.size
-                left, top = (w - self.size) // 2, (h - self.size) // 2
-                img = img.crop((left, top, left + self.size, top + self.size))
-                array = np.asarray(img, dtype=np.float32) / 255.0
+            with Image.open(path) as source:
+                rgb = source.convert("RGB")
+            w, h = rgb.size
+            scale = self.size / min(w, h)
+            resized = rgb.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
+                                 Image.Resampling.BILINEAR)
+            w, h = resized.size
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            array = np.asarray(resized.crop((left, top, left + self.size, top + self.size)), dtype=np.float32) / 255.0
         except OSError as exc:
             raise DataError(f"{path}: cannot read the image ({exc})") from None
         return {"image": torch.from_numpy(array).permute(2, 0, 1).contiguous()}

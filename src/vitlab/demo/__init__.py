@@ -24,7 +24,8 @@ from vitlab.errors import ConfigError
 __all__ = ["SECTIONS", "SECTION_MODULES", "DemoSection", "TourResult", "demo_section", "load_sections",
            "plot_training_curves", "recipe_path", "run_demo", "run_tour"]
 
-SECTION_MODULES = ("supervised", "iformer", "robust", "hat", "video", "clusterq", "mugs", "sun", "transzero", "rift", "ar")
+SECTION_MODULES = ("supervised", "iformer", "robust", "hat", "video", "clusterq", "mugs", "sun", "transzero", "rift",
+                   "ar")
 
 
 def _import_failure(name: str, trace: str) -> DemoSection:

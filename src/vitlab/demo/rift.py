@@ -81,7 +81,7 @@ def run(folder: Path, quick: bool) -> str:
     else:
         rows = _bars(results, folder / "rift_robust.png")
         parts += ["Committed results of `experiments/rift_plan.py` (clean: 500 test sentences; exact worst case: the "
-                  "first 80, every combination):\n", "| method | seeds | clean (%) | exact worst case (%) |",
+                  "first 40, every combination):\n", "| method | seeds | clean (%) | exact worst case (%) |",
                   "|---|---|---|---|", *rows, "", "![robust accuracy per method](rift/rift_robust.png)\n"]
     if not quick:
         parts.append(_live(folder))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vitlab.demo.sections import demo_section, plot_compared_runs
 
-DEMO_EPOCHS = 3  # the recipes train 15 epochs of 4 videos per digit; the demo 3 of 1
+DEMO_EPOCHS = 2  # the recipes train 15 epochs of 4 videos per digit; the demo 2 of 1
 DEMO_VIDEOS_PER_DIGIT = 1
 
 

@@ -249,8 +249,8 @@ def _prepare_run_dir(cfg: RunConfig, fabric: Any, resume: str | None,
     ckpt = load_checkpoint(resume) if resume else None
     if fabric.global_rank == 0 and run_dir.is_dir():  # temporary files of a write that was killed (kill -9)
         for name in ("last.ckpt", "best.ckpt", "config.yaml"):
-            for stale in run_dir.glob(f".{name}.*tmp"):
-                stale.unlink(missing_ok=True)
+            for torn in run_dir.glob(f".{name}.*tmp"):
+                torn.unlink(missing_ok=True)
     if fabric.global_rank == 0 and ckpt is None and overwrite and run_dir.exists():
         for stale in ("last.ckpt", "best.ckpt", "metrics.csv", "log.txt", "tb", "export"):
             p = run_dir / stale  # a link is removed, never followed: nothing outside the run folder is deleted
@@ -478,7 +478,8 @@ def _stop_requested(run: Run) -> bool:
     """Whether a stop signal arrived, in any process (all processes stop at the same step)."""
     stop = run.stop_signal is not None
     if run.world > 1:
-        stop = bool(run.fabric.all_reduce(torch.tensor(float(stop)), reduce_op="sum") > 0)
+        flag = torch.tensor(float(stop), device=run.fabric.device)
+        stop = bool(run.fabric.all_reduce(flag, reduce_op="sum") > 0)
     return stop
 
 

@@ -135,7 +135,8 @@ def backbone_path(name: str) -> Path:
                           "weights and tokenizer files; nothing is downloaded)")
     if not (path / "config.json").is_file():
         raise ConfigError(f"method.backbone: {path} has no config.json")
-    if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
+    weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    if not any((path / f).is_file() for f in weights):
         raise ConfigError(f"method.backbone: {path} has no weights (model.safetensors or pytorch_model.bin)")
     return path
 
@@ -175,7 +176,7 @@ class TextClassifier(nn.Module):
         super().__init__()
         self.plm = plm
         self.pool = pool
-        self.hidden_size = int(plm.config.hidden_size)  # type: ignore[union-attr]
+        self.hidden_size = int(plm.config.hidden_size)  # type: ignore[union-attr,arg-type]
         if pool == "pooler" and getattr(plm, "pooler", None) is None:
             raise ConfigError("method.pool: the encoder has no pooler; use cls or mean")
         self.head = mlp(self.hidden_size, head_hidden, num_classes)
@@ -195,7 +196,8 @@ class TextClassifier(nn.Module):
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         """Post-LayerNorm embedding outputs (B, L) -> (B, L, D)."""
-        return self.plm.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # type: ignore[no-any-return]
+        return self.plm.embeddings(  # type: ignore[no-any-return,operator]
+            input_ids=input_ids, token_type_ids=token_type_ids)
 
     def slot_embeddings(self, sub_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         """Embedding outputs of every substitution slot at its position: (B, L, S) -> (B, L, S, D)."""
@@ -391,7 +393,8 @@ class RIFT(Method[RIFTConfig]):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """§2.2: weight decay (``optim.weight_decay``, 2e-4) on heads and projections, 0 on the encoder."""
-        encoder, heads = [], []
+        encoder: list[nn.Parameter] = []
+        heads: list[nn.Parameter] = []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue

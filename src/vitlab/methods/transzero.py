@@ -233,7 +233,7 @@ def _single_batch(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 # ---- the method ---------------------------------------------------------------------------------------------------
-def build_zsl_model(mcfg: TransZeroConfig, zsl: ZSLData) -> nn.Module:
+def build_zsl_model(mcfg: TransZeroConfig, zsl: ZSLData) -> TransZeroPP | GlobalCompatibility:
     """The network of ``mcfg.branches`` over ``zsl``'s attributes, word vectors and region grid."""
     splits = zsl.splits
     channels, rows, cols = zsl.feature_shape
@@ -256,7 +256,7 @@ class TransZero(Method[TransZeroConfig]):
     def __init__(self, cfg: RunConfig, data: DataInfo) -> None:
         super().__init__(cfg, data)
         zsl = load_zsl(cfg)
-        self.net = build_zsl_model(self.mcfg, zsl)
+        self.net: TransZeroPP | GlobalCompatibility = build_zsl_model(self.mcfg, zsl)
         self.seen_ids = zsl.splits.seen.tolist()
         self.weights = self.mcfg.loss_weights()
 
@@ -304,7 +304,7 @@ class TransZero(Method[TransZeroConfig]):
         """CZSL ``acc`` and GZSL ``U`` / ``S`` / ``H`` (%) on test_seen and test_unseen (§2.5)."""
         from vitlab.evaluation.zsl import collect_scores, zsl_metrics
 
-        net = model if model is not None else self.net
+        net: Any = model if model is not None else self.net
         device = getattr(fabric, "device", "cpu")
         was_training = net.training
         net.eval()

@@ -7,7 +7,8 @@ Two sub-nets share the trainable attribute word vectors V (A, 300):
   weight the affinities E[b, i, r] = Σ_c h_v[b, r, c] w₄[c] h_a[i, c] (the diagonal bilinear form, §2.1 item 3).
 
 Each sub-net's attribute scores ψ (B, A) become class scores S = ψ zᵀ + β with z the L2-normalised class vectors and
-β = +1 for unseen, −1 for seen classes (calibrated stacking with γ = 2, fixed); the fused score is α S_AVT + (1 − α) S_VAT.
+β = +1 for unseen, −1 for seen classes (calibrated stacking with γ = 2, fixed); the fused score is
+α S_AVT + (1 − α) S_VAT.
 
 The feature augmentation encoder (FAE) subtracts a learned relative-geometry bias G from the attention logits; G
 depends only on the region grid, so it is computed once per forward with batch dimension 1 and broadcast (the
@@ -93,6 +94,8 @@ class GeometryAttention(nn.Module):
 class FeatureAugmentationEncoder(nn.Module):
     """The FAE (§2.3.2): one post-LN layer of :class:`GeometryAttention` and an FFN, with the residual applied twice
     as the official code does: a = LN₁(h + Drop(attn)), a′ = LN₂(h + Drop(a)), out = LN₃(a′ + Drop(FFN(a′)))."""
+
+    geometry: Tensor
 
     def __init__(self, dim: int, ffn_dim: int, dropout: float, grid: tuple[int, int]) -> None:
         super().__init__()
@@ -180,8 +183,8 @@ class TransZeroPP(nn.Module):
 
     Args:
         class_attributes: (C, A) class semantic vectors (xlsa17 ``att`` transposed); rows are L2-normalised here.
-        word_vectors: (A, D) attribute word vectors (D = 300 for the official word2vec files); row-normalised and made a trainable parameter shared by both
-            sub-nets.
+        word_vectors: (A, D) attribute word vectors (D = 300 for the official word2vec files); row-normalised and made
+            a trainable parameter shared by both sub-nets.
         unseen: the unseen class ids (0-based); β = +1 on them, −1 on the rest.
         grid: the region grid (rows, cols): (14, 14) for ResNet-101 at 448 px.
         in_dim: channels of a region feature (2048 for ResNet-101).
@@ -195,6 +198,15 @@ class TransZeroPP(nn.Module):
             mask / the scalar bias as frozen parameters), so the parameter count equals the official model's.
         aux_embed: with ``legacy_params``, also the unused ``embed_cv_aux`` (``tf_aux_embed``: CUB and AWA2).
     """
+
+    class_vectors: Tensor
+    calibration: Tensor
+    unseen: Tensor
+    avt: SubNet
+    vat: SubNet
+    W1_avt: nn.Parameter
+    W1_vat: nn.Parameter
+    w4_vat: nn.Parameter
 
     def __init__(self, class_attributes: Tensor, word_vectors: Tensor, unseen: Sequence[int], grid: tuple[int, int],
                  in_dim: int = 2048, dim: int = 300, ffn_dim: int = 512, dropout: float = 0.4,
@@ -212,7 +224,7 @@ class TransZeroPP(nn.Module):
             raise ValueError(f"branches: {list(branches)}, expected a non-empty subset of ['avt', 'vat']")
         self.num_classes, self.num_attributes = num_classes, num_attributes
         self.grid, self.in_dim, self.dim = (int(grid[0]), int(grid[1])), in_dim, dim
-        self.branches = tuple(branches)
+        self.branches: tuple[str, ...] = tuple(branches)
         self.normalize_v, self.alpha, self.legacy_params = normalize_v, alpha, legacy_params
         unseen_ids = torch.as_tensor(list(unseen), dtype=torch.long)
         calibration = torch.full((num_classes,), -1.0)
@@ -222,7 +234,8 @@ class TransZeroPP(nn.Module):
         self.register_buffer("unseen", unseen_ids)
         self.V = nn.Parameter(F.normalize(word_vectors.float(), dim=1))
         sub = {"in_dim": in_dim, "dim": dim, "ffn_dim": ffn_dim, "dropout": dropout,
-               "self_attention": self_attention, "grid": self.grid, "word_dim": word_dim, "legacy": legacy_params, "aux_embed": aux_embed}
+               "self_attention": self_attention, "grid": self.grid, "word_dim": word_dim, "legacy": legacy_params,
+               "aux_embed": aux_embed}
         if "avt" in branches:
             self.avt = SubNet(**sub)  # type: ignore[arg-type]
             self.W1_avt = nn.Parameter(torch.randn(word_dim, dim))  # W₁, normal(0, 1)
@@ -261,8 +274,9 @@ class TransZeroPP(nn.Module):
         return torch.einsum("iv,vc,bic->bi", words, self.W1_avt, features)
 
     def vat_embedding(self, regions: Tensor, words: Tensor) -> Tensor:
-        """VAT: region queries over the attributes; ψ₂[b, i] = Σ_r E[b, i, r] s[b, r] with s[b, r] = M[b, r]ᵀ W₁′ F′[b, r]
-        and E[b, i, r] = Σ_c h_v[b, r, c] w₄[c] h_a[i, c] (h_v the pre-encoder embedding)."""
+        """VAT: region queries over the attributes; ψ₂[b, i] = Σ_r E[b, i, r] s[b, r] with
+        s[b, r] = M[b, r]ᵀ W₁′ F′[b, r] and E[b, i, r] = Σ_c h_v[b, r, c] w₄[c] h_a[i, c] (h_v the pre-encoder
+        embedding)."""
         h_v, memory, h_a = self.vat.embed(regions, words)
         features, _ = self.vat.decoder(memory, h_a.expand(regions.shape[0], -1, -1))  # F′ (B, R, d)
         region_scores = torch.einsum("brf,fc,brc->br", memory, self.W1_vat, features)
@@ -308,6 +322,10 @@ class TransZeroPP(nn.Module):
 class GlobalCompatibility(nn.Module):
     """The global-feature compatibility baseline (§6): mean of the L2-normalised regions -> LayerNorm -> Linear -> ψ
     (B, A) -> S = ψ zᵀ + β."""
+
+    class_vectors: Tensor
+    calibration: Tensor
+    unseen: Tensor
 
     def __init__(self, class_attributes: Tensor, unseen: Sequence[int], grid: tuple[int, int], in_dim: int) -> None:
         super().__init__()
