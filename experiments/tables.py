@@ -196,6 +196,7 @@ TABLES: dict[str, Table] = {
                             "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
                             "--out results/benchmarks/episodes.json"),
     "sun_fewshot": Table(SUN_FILES, sun_fewshot, SUN_WRITER),
+    "sun_fewshot_glyphs": Table(SUN_GLYPHS_FILES, sun_fewshot, SUN_GLYPHS_WRITER),
     "sun_step": Table(("benchmarks/sun_step.json",), sun_step,
                       "python benchmarks/bench_sun.py --steps 15 --threads 2 --out results/benchmarks/sun_step.json"),
 }

@@ -86,3 +86,13 @@ def test_sun_fewshot_cnn_row(tmp_path: Path) -> None:
     lines = tables.sun_fewshot([json.loads(p.read_text()) for p in sorted((tmp_path / "sun").iterdir())]).splitlines()
     assert lines[-3].startswith("| Meta-Baseline with a ResNet-12-like CNN")
     assert lines[-3].endswith("| 0, 1, 2 | 45.00 ± 0.40; 1.00 | 55.00 ± 0.20; 1.00 | 40.00 |")
+
+
+def test_cli_record_is_the_docs_block() -> None:
+    """docs/sun.md "From the command line" is results/sun/cli.txt, the output of experiments/sun_cli.sh."""
+    subprocess.run(["bash", "-n", str(ROOT / "experiments" / "sun_cli.sh")], check=True)
+    record = (ROOT / "results" / "sun" / "cli.txt").read_text()
+    assert record.count("(exit code 0)") == 4 and record.rstrip().endswith("(exit code 2)")
+    assert [line.split()[2] for line in record.splitlines() if line.startswith("$ vitlab")] == [
+        "train", "train", "train", "eval", "eval"]
+    assert f"```text\n{record}```" in (ROOT / "docs" / "sun.md").read_text()
