@@ -72,6 +72,9 @@ def test_glyphs_plan_paths_and_bad_data(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as caught:
         plan.main(["--data", "cifar"])
     assert caught.value.code == 2
+    from vitlab.models import list_vitlab_models
+
+    assert plan.CNN_MODEL in list_vitlab_models()
     for row in ("teacher", "sun", "sun_patch", "sun_bgf", "baseline_pretrain", "meta"):  # every stage has a recipe
         for data in plan.DATA:
             assert (plan.RECIPES / f"{data}_{row}.yaml").is_file()
