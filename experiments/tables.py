@@ -133,7 +133,7 @@ def _sun_files(folder: str, rows: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"{folder}/{row}_s{seed}.json" for row in rows for seed in SUN_SEEDS)
 
 
-SUN_FILES = _sun_files("sun", ("baseline", "sun", "sun_patch", "sun_bgf"))
+SUN_FILES = _sun_files("sun", ("baseline", "sun", "sun_patch", "sun_bgf", "cnn"))
 SUN_WRITER = "python experiments/sun_plan.py --seeds 0 1 2 --scale 0.2"
 SUN_GLYPHS_FILES = _sun_files("sun/glyphs", ("baseline", "sun"))
 SUN_GLYPHS_WRITER = "python experiments/sun_plan.py --data glyphs --seeds 0 1 2 --scale 0.1"

@@ -31,7 +31,7 @@ def test_sun_fewshot_prints_rows_and_the_gate(tmp_path: Path) -> None:
     tables = _load("tables")
     (tmp_path / "sun").mkdir()
     values = {"baseline": (40.0, 41.0, 42.0), "sun": (50.0, 52.0, 54.0), "sun_patch": (45.0,) * 3,
-              "sun_bgf": (46.0,) * 3}
+              "sun_bgf": (46.0,) * 3, "cnn": (44.0,) * 3}
     for row, accs in values.items():
         for seed, acc in enumerate(accs):
             (tmp_path / "sun" / f"{row}_s{seed}.json").write_text(json.dumps(_record(row, seed, acc, 0.4)))
