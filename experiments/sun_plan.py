@@ -8,7 +8,7 @@
 - ``sun``: the full method: teacher (``<data>_teacher.yaml``), then the SUN student (``<data>_sun.yaml``);
 - ``sun_patch``: teacher patch labels only (no BGF, no SCA; ``<data>_sun_patch.yaml``);
 - ``sun_bgf``: patch labels + BGF, no SCA (``<data>_sun_bgf.yaml``);
-- ``cnn``: the baseline with the ResNet-12-like ``resnet12_fs32`` instead of the ViT (same recipes and epochs).
+- ``cnn``: the baseline with the ResNet-12-like ``test_resnet12_fs32`` instead of the ViT (same recipes and epochs).
 
 Every row is evaluated on the novel classes: 2000 episodes 5-way 1-shot and 5-shot, 15 queries, seed 12345,
 cosine prototypes, mean and the 95% CI (t-quantile, 1.9612 at 2000 episodes), from the last checkpoint (no selection on
@@ -42,7 +42,7 @@ RECIPES = ROOT / "recipes" / "sun"
 ROWS = ("baseline", "sun", "sun_patch", "sun_bgf", "cnn")
 DATA = ("digits", "glyphs")
 STAGE2 = {"sun": "sun.yaml", "sun_patch": "sun_patch.yaml", "sun_bgf": "sun_bgf.yaml"}
-CNN_MODEL = "resnet12_fs32"
+CNN_MODEL = "test_resnet12_fs32"
 TEACHER_EPOCHS, STUDENT_EPOCHS, META_EPOCHS, META_BATCHES = 30, 60, 10, 50
 EPISODES, SEED, QUERIES = 2000, 12345, 15
 

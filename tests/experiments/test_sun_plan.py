@@ -31,7 +31,7 @@ def test_sun_fewshot_prints_rows_and_the_gate(tmp_path: Path) -> None:
     tables = _load("tables")
     (tmp_path / "sun").mkdir()
     values = {"baseline": (40.0, 41.0, 42.0), "sun": (50.0, 52.0, 54.0), "sun_patch": (45.0,) * 3,
-              "sun_bgf": (46.0,) * 3}
+              "sun_bgf": (46.0,) * 3, "cnn": (44.0,) * 3}
     for row, accs in values.items():
         for seed, acc in enumerate(accs):
             (tmp_path / "sun" / f"{row}_s{seed}.json").write_text(json.dumps(_record(row, seed, acc, 0.4)))
@@ -72,6 +72,9 @@ def test_glyphs_plan_paths_and_bad_data(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as caught:
         plan.main(["--data", "cifar"])
     assert caught.value.code == 2
+    from vitlab.models import list_vitlab_models
+
+    assert plan.CNN_MODEL in list_vitlab_models()
     for row in ("teacher", "sun", "sun_patch", "sun_bgf", "baseline_pretrain", "meta"):  # every stage has a recipe
         for data in plan.DATA:
             assert (plan.RECIPES / f"{data}_{row}.yaml").is_file()
@@ -86,3 +89,13 @@ def test_sun_fewshot_cnn_row(tmp_path: Path) -> None:
     lines = tables.sun_fewshot([json.loads(p.read_text()) for p in sorted((tmp_path / "sun").iterdir())]).splitlines()
     assert lines[-3].startswith("| Meta-Baseline with a ResNet-12-like CNN")
     assert lines[-3].endswith("| 0, 1, 2 | 45.00 ± 0.40; 1.00 | 55.00 ± 0.20; 1.00 | 40.00 |")
+
+
+def test_cli_record_is_the_docs_block() -> None:
+    """docs/sun.md "From the command line" is results/sun/cli.txt, the output of experiments/sun_cli.sh."""
+    subprocess.run(["bash", "-n", str(ROOT / "experiments" / "sun_cli.sh")], check=True)
+    record = (ROOT / "results" / "sun" / "cli.txt").read_text()
+    assert record.count("(exit code 0)") == 4 and record.rstrip().endswith("(exit code 2)")
+    assert [line.split()[2] for line in record.splitlines() if line.startswith("$ vitlab")] == [
+        "train", "train", "train", "eval", "eval"]
+    assert f"```text\n{record}```" in (ROOT / "docs" / "sun.md").read_text()
