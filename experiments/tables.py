@@ -326,6 +326,7 @@ TABLES: dict[str, Table] = {
     "sun_step": Table(("benchmarks/sun_step.json",), sun_step,
                       "python benchmarks/bench_sun.py --steps 15 --threads 2 --out results/benchmarks/sun_step.json"),
     "transzero_digits": Table(TZ_FILES, transzero_digits, TZ_WRITER),
+    "transzero_digits_lr1e4": Table(TZ_LR_FILES, transzero_digits, TZ_LR_WRITER),
     "transzero_speed": Table(("benchmarks/transzero.json",), transzero_speed,
                              "python benchmarks/bench_transzero.py --threads 2 --steps 5 --images 8 "
                              "--out results/benchmarks/transzero.json"),

@@ -20,7 +20,7 @@ from vitlab.engine.schedules import constant_schedule, cosine_schedule, step_sch
 
 
 def build_optimizer(cfg: RunConfig, groups: Iterable[Any]) -> torch.optim.Optimizer:
-    """The ``optim`` section's optimizer (SGD, AdamW or Adam with L2) over parameter groups (or a plain parameter iterable)."""
+    """The ``optim`` section's optimizer (SGD, AdamW, or Adam with L2) over parameter groups (or parameters)."""
     o = cfg.optim
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
