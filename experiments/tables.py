@@ -225,12 +225,17 @@ def rift_synth(results: list[dict[str, Any]]) -> str:
     stats: dict[str, tuple[float, float, float]] = {}
     for row, label in RIFT_ROWS.items():
         runs = sorted(by_row.get(row, []), key=lambda r: r["seed"])
+        if not runs:
+            continue
         clean, clean_sd = _seed_stats([100 * r["clean_accuracy"] for r in runs])
         robust, robust_sd = _seed_stats([100 * r["exact_robust_accuracy"] for r in runs])
         stats[row] = (robust, robust_sd, clean)
         seconds = sum(r["train_seconds"] for r in runs) / len(runs)
-        rows.append(f"| {label} | {', '.join(str(r['seed']) for r in runs)} | {clean:.2f} ± {clean_sd:.2f} | "
-                    f"{robust:.2f} ± {robust_sd:.2f} | {seconds:.0f} |")
+        one = len(runs) == 1
+        clean_cell = f"{clean:.2f}" + (" (one seed)" if one else f" ± {clean_sd:.2f}")
+        robust_cell = f"{robust:.2f}" + (" (one seed)" if one else f" ± {robust_sd:.2f}")
+        rows.append(f"| {label} | {', '.join(str(r['seed']) for r in runs)} | {clean_cell} | {robust_cell} | "
+                    f"{seconds:.0f} |")
     (rm, rs, rc), (bm, bs, bc) = stats["rift"], stats["standard"]
     pooled = ((rs ** 2 + bs ** 2) / 2) ** 0.5
     verdict = "holds" if rm - bm > pooled else "does not hold"
