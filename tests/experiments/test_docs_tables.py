@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"`python experiments/tables\.py (\w+)`")
 # Tables that describe the code (settings, files, plans, deviations), not measurements: they hold no measured figure.
 DESCRIPTIVE = {
+    "| what | flags (every command that takes a model: `attack`, `eval`, `quantize`, `analyze frequency`, `lens`, "
+    "`export`, and `train`) |",
     "| step | function | definition (spec §) |",
     "| source | works for | what it is |",
     "| method | paper | what it does |",

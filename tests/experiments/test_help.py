@@ -12,7 +12,7 @@ SCRIPTS = sorted([*ROOT.glob("experiments/*.py"), *ROOT.glob("benchmarks/*.py")]
 EXPERIMENTS = {"robust_plan.py", "hat_experiments.py", "mugs_diagnose.py", "ids_minimal.py", "mugs_accuracy.py",
                "tables.py", "complexity.py", "ar_lens.py",
                "bad_inputs.py",
-               "sun_plan.py"}
+               "sun_plan.py", "ar_lens_photos.py", "demo_times.py", "transzero_plan.py", "rift_plan.py"}
 RUN_HELP = """
 import contextlib, io, json, runpy, sys
 out = {}
