@@ -13,9 +13,32 @@ _CACHE = tempfile.mkdtemp(prefix="vitlab-test-cache-")
 os.environ.setdefault("VITLAB_CACHE", _CACHE)
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+from dataclasses import dataclass  # noqa: E402
 from functools import partial  # noqa: E402
 
 from vitlab.engine.optim import PlainStepHelper, build_optimizer  # noqa: E402
+from vitlab.methods.base import register_method  # noqa: E402
+from vitlab.methods.supervised import Supervised, SupervisedConfig  # noqa: E402
+
+
+@dataclass
+class NanAfterConfig(SupervisedConfig):
+    name: str = "nan_after"
+    bad_step: int = 4
+
+
+@register_method("nan_after")
+class NanAfter(Supervised):
+    """Supervised, but the loss is NaN from ``method.bad_step`` on (the engine's non-finite stop, in
+    tests/engine/test_trainer.py and tests/test_faults.py)."""
+
+    config_class = NanAfterConfig
+
+    def forward(self, batch, progress):  # type: ignore[no-untyped-def]
+        out = super().forward(batch, progress)
+        if progress.step >= self.cfg.method.bad_step:
+            out["loss"] = out["loss"] * float("nan")
+        return out
 
 
 class FakeStepHelper(PlainStepHelper):

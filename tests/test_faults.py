@@ -209,29 +209,10 @@ def test_sigint_mid_epoch_stops_after_the_step_and_resume_matches_uninterrupted(
 
 
 # ---- a NaN loss --------------------------------------------------------------------------------------------------
-@dataclass
-class _NanConfig(SupervisedConfig):
-    name: str = "nan_from"
-    bad_step: int = 3
-
-
-@register_method("nan_from")
-class _NanFrom(Supervised):
-    """Supervised, but the loss is NaN from a given step on."""
-
-    config_class = _NanConfig
-
-    def forward(self, batch, progress):  # type: ignore[no-untyped-def]
-        out = super().forward(batch, progress)
-        if progress.step >= self.cfg.method.bad_step:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["train", "-c", RECIPE, *_sets(f"out_dir={tmp_path}", "name=nan", "method.name=nan_from",
-                                         "train.ckpt_every_steps=2", *TINY)]
+    argv = ["train", "-c", RECIPE, *_sets(f"out_dir={tmp_path}", "name=nan", "method.name=nan_after",
+                                         "method.bad_step=3", "train.ckpt_every_steps=2", *TINY)]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: non-finite loss at epoch 0 step 3 (") and str(tmp_path / "nan" / "last.ckpt") \

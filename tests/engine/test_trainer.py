@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,6 @@ from vitlab.config import load_config
 from vitlab.engine.checkpoint import load_checkpoint
 from vitlab.engine.logging import read_metrics
 from vitlab.engine.trainer import NonFiniteLossError, train
-from vitlab.methods.base import register_method
-from vitlab.methods.supervised import Supervised, SupervisedConfig
 
 RECIPE = "recipes/supervised/resnet18_digits.yaml"
 TINY = ["model.name=test_resnet", "data.img_size=16", "data.batch_size=32", "train.progress=false",
@@ -83,25 +80,6 @@ def test_kill9_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> No
     b = load_checkpoint(ckpt_path)["method"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-
-
-@dataclass
-class _NanConfig(SupervisedConfig):
-    name: str = "nan_after"
-    bad_step: int = 4
-
-
-@register_method("nan_after")
-class _NanAfter(Supervised):
-    """Supervised, but the loss turns NaN at a given step (to test the engine's stop)."""
-
-    config_class = _NanConfig
-
-    def forward(self, batch, progress):  # type: ignore[no-untyped-def]
-        out = super().forward(batch, progress)
-        if progress.step >= self.cfg.method.bad_step:
-            out["loss"] = out["loss"] * float("nan")
-        return out
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
