@@ -202,7 +202,26 @@ class PatchMerge(nn.Module):
         return self.norm(self.proj(x))
 
 
-class FewShotVisformer(nn.Module):
+class MapHead:
+    """The classifier end of a backbone whose features are a (B, C, h, w) map: average pool (``global_pool="avg"``),
+    head dropout, linear head (FewShotVisformer and ResNet12)."""
+
+    global_pool: str
+    head_drop: nn.Module
+    head: nn.Module
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """(B, C, h, w) map -> (B, num_classes) logits, or the (B, C) average with pre_logits=True."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]
+
+
+class FewShotVisformer(MapHead, nn.Module):
     """Visformer as SUN configures it (spec section 2.6): conv stem (/4), stage 1 of conv-only blocks at embed_dim/2,
     then a 2x2 patch merge and attention blocks at embed_dim and again at 2*embed_dim; a learned position embedding
     added at the start of every stage; BatchNorm everywhere, final BN, global average pool, linear head.
@@ -369,15 +388,6 @@ class FewShotVisformer(nn.Module):
         """(B, 3, H, W) -> (B, C, h, w): the final map SUN's local classifier reads (spec section 2.2 (a))."""
         return self.forward_features(x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """(B, C, h, w) map -> (B, num_classes) logits, or the (B, C) average with pre_logits=True."""
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -610,7 +620,7 @@ class ResNet12Block(nn.Module):
         return self.pool(self.act(out + self.downsample(x)))
 
 
-class ResNet12(nn.Module):
+class ResNet12(MapHead, nn.Module):
     """ResNet-12: four residual blocks (3 convs each, widths `dims`), a 2x2 max-pool after each of the first
     `pooled` blocks, global average pool, linear head. Meta-Baseline's (64, 160, 320, 640) with 4 pools gives a 5x5x640
     final map at 80 px, the grid SUN's ViTs end in; the 32-px variant pools 3 times for a 4x4 map.
@@ -650,14 +660,6 @@ class ResNet12(nn.Module):
         """(B, 3, H, W) -> (B, C, h, w), the last block's output (SUN's final map)."""
         return self.layers(self.stem(x))
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------------------------------------------------
