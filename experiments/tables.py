@@ -102,6 +102,22 @@ def demo_times(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def demo_fresh(results: list[dict[str, Any]]) -> str:
+    """Per-section wall and CPU seconds of one `make demo` on a fresh clone (its report.json), and the whole command."""
+    r = results[0]
+    rows = [f"| section ({r['threads']} threads, {r['cpu_count']} cores) | status | wall (s) | CPU (s) |",
+            "|---|---|---|---|"]
+    rows += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {s['cpu_seconds']:.0f} |" for s in r["sections"]]
+    sections = r["sections"]
+    wall, cpu = sum(s["seconds"] for s in sections), sum(s["cpu_seconds"] for s in sections)
+    ok = sum(s["status"] == "ok" for s in sections)
+    rows.append(f"| sections | {ok} of {len(sections)} ok | {wall:.1f} | {cpu:.0f} |")
+    rows += ["", f"`make demo` in all (the browser check included): {r['make_demo_wall_seconds']} s at commit "
+             f"{r['commit']}; load average at the end {', '.join(map(str, r['load_average_at_end']))}. Browser check: "
+             f"`{r['browser_check']}`"]
+    return "\n".join(rows)
+
+
 def episodes_speed(results: list[dict[str, Any]]) -> str:
     r = results[0]
     names = {"cosine": "cosine prototypes (Meta-Baseline)", "euclidean": "Euclidean prototypes",
@@ -319,6 +335,9 @@ TABLES: dict[str, Table] = {
     "ar_cam_ink": Table(("ar/cam_ink.json", "ar/cam_ink_vit_tiny.json"), ar_cam_ink,
                         "python experiments/ar_lens.py --retrain"),
     "demo_times": Table(("demo/times.json",), demo_times, "python experiments/demo_times.py --groups 3 --threads 1"),
+    "demo_fresh": Table(("demo/fresh_clone.json",), demo_fresh,
+                        "d=$(mktemp -d) && git clone -q . $d && cd $d && make test && time make demo "
+                        "(its runs/demo/report.json)"),
     "sun_backbones": Table(("sun/complexity.json",), sun_backbones, "python experiments/complexity.py sun"),
     "episodes_speed": Table(("benchmarks/episodes.json",), episodes_speed,
                             "python benchmarks/bench_episodes.py --threads 2 --reps 3 "
