@@ -102,7 +102,8 @@ def evaluate(ckpt: Path) -> dict[str, Any]:
     return out
 
 
-def run_row(row: str, seed: int, out: Path, results: Path, scale: float, data: str = "digits") -> Path:
+def run_row(row: str, seed: int, out: Path, results: Path, scale: float, data: str = "digits",
+            results_flag: str = "") -> Path:
     from vitlab.engine.checkpoint import atomic_write_bytes
 
     target = results / f"{row}_s{seed}.json"
@@ -124,7 +125,7 @@ def run_row(row: str, seed: int, out: Path, results: Path, scale: float, data: s
                        [f"method.init_ckpt={stage2}", f"method.episodes_per_epoch={4 * mb}", *model])
     epochs.update({"meta_epochs": me, "meta_batches": mb})
     flag = "" if data == "digits" else f" --data {data}"
-    command = f"python experiments/sun_plan.py{flag} --seeds 0 1 2 --scale {scale:g}"  # writes every row's file
+    command = f"python experiments/sun_plan.py{flag} --seeds 0 1 2 --scale {scale:g}{results_flag}"  # every row's file
     record = {"command": command, "data": data, "row": row, "seed": seed, "scale": scale, "epochs": epochs,
               "model": CNN_MODEL if row == "cnn" else "test_visformer_fs32",
               "episodes": EPISODES, "episode_seed": SEED, "queries": QUERIES, "head": "cosine", "ci": "t",
@@ -152,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "" if args.data == "digits" else f"_{args.data}"
     out = args.out or ROOT / "runs" / f"sun_plan{suffix}"
     results = args.results or ROOT / "results" / "sun" / ("" if args.data == "digits" else args.data)
+    results_flag = f" --results {args.results}" if args.results else ""
     for seed in args.seeds:
         for row in args.rows:
-            run_row(row, seed, out, results, args.scale, args.data)
+            run_row(row, seed, out, results, args.scale, args.data, results_flag)
     return 0
 
 
