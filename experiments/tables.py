@@ -269,6 +269,12 @@ TZ_WRITER = "python experiments/transzero_plan.py --seeds 0 1 2 --set train.epoc
 TZ_LR_FILES = tuple(f"transzero/lr1e-4/{row}_s{seed}.json" for row in ("transzero_pp", "global") for seed in (0, 1, 2))
 TZ_LR_WRITER = ("python experiments/transzero_plan.py --seeds 0 1 2 --rows transzero_pp global --tag lr1e-4 "
                 "--set optim.lr=1e-4 --set train.epochs=50 --set train.eval_every=5")
+TZ_3K_FILES = tuple(f"transzero/it3000/{row}_s{seed}.json" for row in TZ_ROWS for seed in (0, 1, 2))
+TZ_3K_WRITER = "python experiments/transzero_plan.py --seeds 0 1 2 --tag it3000"
+TZ_3K_LR_FILES = tuple(f"transzero/it3000_lr1e-4/{row}_s{seed}.json" for row in ("transzero_pp", "global")
+                       for seed in (0, 1, 2))
+TZ_3K_LR_WRITER = ("python experiments/transzero_plan.py --seeds 0 1 2 --rows transzero_pp global --tag it3000_lr1e-4 "
+                   "--set optim.lr=1e-4")
 
 
 def transzero_digits(results: list[dict[str, Any]]) -> str:
@@ -351,6 +357,8 @@ TABLES: dict[str, Table] = {
                       "python benchmarks/bench_sun.py --steps 15 --threads 2 --out results/benchmarks/sun_step.json"),
     "transzero_digits": Table(TZ_FILES, transzero_digits, TZ_WRITER),
     "transzero_digits_lr1e4": Table(TZ_LR_FILES, transzero_digits, TZ_LR_WRITER),
+    "transzero_digits_3k": Table(TZ_3K_FILES, transzero_digits, TZ_3K_WRITER),
+    "transzero_digits_3k_lr1e4": Table(TZ_3K_LR_FILES, transzero_digits, TZ_3K_LR_WRITER),
     "transzero_speed": Table(("benchmarks/transzero.json",), transzero_speed,
                              "python benchmarks/bench_transzero.py --threads 2 --steps 5 --images 8 "
                              "--out results/benchmarks/transzero.json"),
