@@ -320,6 +320,30 @@ def transzero_speed(results: list[dict[str, Any]]) -> str:
                       f"{s['step_per_image_geometry_s']:.2f} s |"])
 
 
+TRAIN_STEP_LABELS = {"iformer_small": "vitlab `iformer_small`",
+                     "deit_small_patch16_224": "timm `deit_small_patch16_224`",
+                     "swin_tiny_patch4_window7_224": "timm `swin_tiny_patch4_window7_224`"}
+
+
+def train_step(results: list[dict[str, Any]]) -> str:
+    """Training-step time (forward, CE, backward, AdamW) per model against DeiT-S, one row per model and result file
+    (benchmarks/bench_train_step.py); the files are labelled by the commit they measured."""
+    first = results[0]
+    rows = [f"| code | model ({first['device_name']}, {first['threads']} threads, batch {first['batch']} at "
+            f"{first['img_size']} px, amp {first['amp']}; median of {first['rounds']} alternating rounds) | step (s) | "
+            "min-max (s) | images/s | step / DeiT-S step (paired median) | saved for backward (MiB) | "
+            "peak memory (MiB) | load average |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        load = f"{r['load_average_before'][0]} → {r['load_average_after'][0]}"
+        for row in r["rows"]:
+            peak = "—" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+            label = TRAIN_STEP_LABELS.get(row["model"], row["model"])
+            rows.append(f"| {r['commit']} | {label} | {row['step_s']:.2f} | "
+                        f"{row['min_s']:.2f}-{row['max_s']:.2f} | {row['images_per_s']:.2f} | "
+                        f"{row['ratio_to_reference']:.2f} | {row['saved_mib']:.0f} | {peak} | {load} |")
+    return "\n".join(rows)
+
+
 def reliability_bad_inputs(results: list[dict[str, Any]]) -> str:
     """Issue 19's mistakes through the real command: exit code and what it printed (experiments/bad_inputs.py)."""
     rows = ["| mistake | exit | stderr |", "| --- | --- | --- |"]
@@ -362,6 +386,9 @@ TABLES: dict[str, Table] = {
     "transzero_speed": Table(("benchmarks/transzero.json",), transzero_speed,
                              "python benchmarks/bench_transzero.py --threads 2 --steps 5 --images 8 "
                              "--out results/benchmarks/transzero.json"),
+    "iformer_train_step_before": Table(("benchmarks/iformer_train_step_before.json",), train_step,
+                                       "python benchmarks/bench_train_step.py --threads 2 --batch-size 8 --rounds 5 "
+                                       "--out results/benchmarks/iformer_train_step_before.json"),
     "reliability_bad_inputs": Table(("reliability/bad_inputs.json",), reliability_bad_inputs,
                                     "python experiments/bad_inputs.py"),
 }

@@ -91,11 +91,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         return run_model_eval(args)
     import torch
-    from torch.utils.data import DataLoader
 
     from vitlab.config import apply_overrides, load_config
     from vitlab.data import build_dataset
     from vitlab.data.catalog import data_config
+    from vitlab.data.loader import build_loader
     from vitlab.engine.checkpoint import check_data_fits, check_writable, load_method
     from vitlab.models.external import check_model_choice
 
@@ -116,7 +116,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.split != "test" and args.data is None:
         datasets["test"] = build_dataset(cfg.data, args.split, train=False)
     check_data_fits(args.ckpt, ckpt, datasets, cfg.data)
-    loaders = {k: DataLoader(v, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+    loaders = {k: build_loader(v, cfg.data.num_workers, batch_size=cfg.data.eval_batch_size)
                for k, v in datasets.items()}
     with torch.no_grad():
         metrics = method.evaluate(loaders, None)

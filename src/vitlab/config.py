@@ -86,7 +86,7 @@ class DataConfig:
     train_per_class: int | None = None  # keep only this many training images per class (low-data regime)
     batch_size: int = 128  # per process; the global batch is batch_size * world size
     eval_batch_size: int = 256
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # loader processes; auto: cores per process, capped at 8 (docs/data.md)
     aug: AugConfig = field(default_factory=AugConfig)
     video: VideoConfig = field(default_factory=VideoConfig)  # video sets only
     glyphs: GlyphsConfig = field(default_factory=GlyphsConfig)  # glyphs sets only
@@ -340,7 +340,8 @@ def validate(cfg: RunConfig) -> None:
     require(d.img_size >= 8, "data.img_size", "an integer >= 8", d.img_size)
     require(d.batch_size >= 1, "data.batch_size", "an integer >= 1", d.batch_size)
     require(d.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", d.eval_batch_size)
-    require(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
+    require(d.num_workers == "auto" or (isinstance(d.num_workers, int) and d.num_workers >= 0), "data.num_workers",
+            "an integer >= 0 or 'auto'", d.num_workers)
     require(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "null or >= 1",
              d.train_per_class)
     for key in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):

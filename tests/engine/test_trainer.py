@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from vitlab.config import load_config
+from vitlab.data.loader import resolve_num_workers
 from vitlab.engine.checkpoint import load_checkpoint
 from vitlab.engine.logging import read_metrics
 from vitlab.engine.trainer import NonFiniteLossError, train
@@ -46,7 +48,9 @@ def test_training_beats_chance_and_writes_artifacts(tmp_path: Path) -> None:
     assert any((run / "tb").iterdir())
     ckpt = load_checkpoint(run / "last.ckpt")
     assert ckpt["config"]["model"]["name"] == "test_resnet" and ckpt["epoch"] == 3
-    assert load_config(run / "config.yaml") == cfg  # the resolved config is a valid recipe
+    written = load_config(run / "config.yaml")  # the resolved config is a valid recipe ...
+    assert written.data.num_workers == resolve_num_workers("auto", cuda=False)  # ... with the worker count it used
+    assert dataclasses.replace(written, data=dataclasses.replace(written.data, num_workers="auto")) == cfg
     with pytest.raises(Exception, match="already holds last.ckpt"):
         train(cfg)
 

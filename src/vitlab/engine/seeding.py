@@ -58,7 +58,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 class SeededItems(torch.utils.data.Dataset):
     """Wraps a data set so that item ``i`` of epoch ``e`` is transformed under seed ``item_seed(seed, e, i)``.
 
-    This makes augmentation independent of worker count, process count and where a run was resumed.
+    This makes augmentation independent of worker count, process count and where a run was resumed. An index may
+    also be an ``(epoch, index)`` pair (as :class:`EpochTaggedBatches` yields): persistent loader workers keep their
+    own copy of this object, so the epoch must travel with the index, not through :meth:`set_epoch`.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, seed: int) -> None:
@@ -72,11 +74,14 @@ class SeededItems(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int | tuple[int, int]) -> Any:
+        epoch = self.epoch
+        if isinstance(index, tuple):
+            epoch, index = index
         in_main_process = torch.utils.data.get_worker_info() is None
         if in_main_process:  # leave the method's generators untouched
             saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        s = item_seed(self.seed, self.epoch, index)
+        s = item_seed(self.seed, epoch, index)
         random.seed(s)
         np.random.seed(s % 2**32)
         torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed also visits every device
@@ -128,3 +133,22 @@ class ShardedBatchSampler(torch.utils.data.Sampler[list[int]]):
         for b in range(self.start_batch, self.num_items // global_batch):
             start = b * global_batch + self.rank * self.batch_size
             yield order[start:start + self.batch_size]
+
+
+class EpochTaggedBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """The batches of a :class:`ShardedBatchSampler` as ``(epoch, index)`` pairs, for :class:`SeededItems`.
+
+    The epoch is read when iteration starts (in the main process), so workers that persist across epochs still
+    seed every item with the current epoch.
+    """
+
+    def __init__(self, sampler: ShardedBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        epoch = self.sampler.epoch
+        for batch in self.sampler:
+            yield [(epoch, i) for i in batch]

@@ -8,6 +8,7 @@ nccl on GPU, one or many nodes). Read :func:`train` top to bottom: :func:`setup`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitlab.config import ConfigError, RunConfig, to_yaml
+from vitlab.data.loader import build_loader, resolve_num_workers
 from vitlab.engine.checkpoint import (
     atomic_write_bytes,
     check_state_fits,
@@ -37,6 +39,7 @@ from vitlab.engine.ema import ModelEma
 from vitlab.engine.logging import RunLogger
 from vitlab.engine.optim import FabricStepHelper, apply_schedule, build_optimizer, build_schedules
 from vitlab.engine.seeding import (
+    EpochTaggedBatches,
     SeededItems,
     ShardedBatchSampler,
     capture_rng_state,
@@ -178,14 +181,14 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
     ema = ModelEma(method.eval_model(), cfg.ema.decay) if cfg.ema.enabled else None
 
     bs = cfg.data.batch_size
+    workers = resolve_num_workers(cfg.data.num_workers, fabric.device.type == "cuda")
     train_items = SeededItems(datasets["train"], cfg.train.seed)
     sampler = ShardedBatchSampler(len(train_items), bs, rank, world, cfg.train.seed)
-    loader = DataLoader(train_items, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        collate_fn=method.collate(), generator=torch.Generator().manual_seed(cfg.train.seed),
-                        worker_init_fn=_ignore_stop_signals)
-    eval_loaders = {name: DataLoader(_eval_subset(ds, rank, world), batch_size=cfg.data.eval_batch_size,
-                                     shuffle=False, num_workers=cfg.data.num_workers,
-                                     worker_init_fn=_ignore_stop_signals)
+    loader = build_loader(train_items, workers, batch_sampler=EpochTaggedBatches(sampler),
+                          collate_fn=method.collate(), generator=torch.Generator().manual_seed(cfg.train.seed),
+                          device=fabric.device)
+    eval_loaders = {name: build_loader(_eval_subset(ds, rank, world), workers,
+                                       batch_size=cfg.data.eval_batch_size, device=fabric.device)
                     for name, ds in datasets.items() if name != "train"}
     batches_per_epoch, steps_per_epoch = _epoch_length(cfg, len(train_items), world)
     total_steps = cfg.train.epochs * steps_per_epoch
@@ -209,8 +212,9 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
               logger=logger)
     if ckpt is not None:
         _restore(run, ckpt)
-    if rank == 0:
-        atomic_write_bytes(to_yaml(cfg).encode(), cfg.run_dir / "config.yaml")
+    if rank == 0:  # the resolved worker count is recorded; checkpoints keep "auto" to re-resolve where they are used
+        written = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=workers))
+        atomic_write_bytes(to_yaml(written).encode(), cfg.run_dir / "config.yaml")
     n_params = sum(p.numel() for p in method.eval_model().parameters())
     run.logger.info(
         f"{'resuming' if ckpt else 'starting'} {cfg.name}: method {cfg.method.name}, model {cfg.model.name} "
@@ -462,11 +466,6 @@ def _catch_stop_signals(run: Run) -> dict[signal.Signals, Any] | None:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     return previous
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Data-loader workers leave Ctrl-C to the main process (which stops after the step and saves)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _restore_signal_handlers(previous: dict[signal.Signals, Any] | None) -> None:

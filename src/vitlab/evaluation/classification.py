@@ -69,17 +69,16 @@ def run_model_eval(args: Any) -> int:
     """``vitlab eval --model file.py:factory|NAME [--weights W] --data NAME``: top-1 / top-5 / loss on ``--split``."""
     import json
 
-    from torch.utils.data import DataLoader
-
     from vitlab.data import build_dataset
     from vitlab.data.catalog import data_config
+    from vitlab.data.loader import build_loader
     from vitlab.models.external import method_from_args
 
     if args.data is None:
         raise ValueError("--data: needed with --model (e.g. digits, foolbox-mnist, image_folder --data-root DIR)")
     method = method_from_args(args, data_config(args))
     dataset = build_dataset(method.cfg.data, args.split, train=False)
-    loader = DataLoader(dataset, batch_size=method.cfg.data.eval_batch_size)
+    loader = build_loader(dataset, method.cfg.data.num_workers, batch_size=method.cfg.data.eval_batch_size)
     with torch.no_grad():
         metrics = evaluate_classifier(method.eval_model(), loader, None, method.data.num_classes,
                                       return_confusion=args.confusion)

@@ -24,9 +24,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vitlab.data.episodes import EpisodeShape, check_episode_source, class_members, sample_episodes
+from vitlab.data.loader import build_loader
 from vitlab.errors import DataError
 
 Head = Literal["cosine", "euclidean", "logistic"]
@@ -37,7 +38,7 @@ _BLOCK = 250  # episodes scored per block: bounds the (block, ways, shots + quer
 
 @torch.no_grad()
 def embed_dataset(feature_fn: FeatureFn, dataset: Dataset[dict[str, Any]], batch_size: int = 256,
-                  device: torch.device | str = "cpu", num_workers: int = 0,
+                  device: torch.device | str = "cpu", num_workers: int | str = 0,
                   on_batch: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     """Every image of ``dataset`` through ``feature_fn`` ((B, C, H, W) in [0, 1] -> (B, D)), once, in order.
 
@@ -46,7 +47,7 @@ def embed_dataset(feature_fn: FeatureFn, dataset: Dataset[dict[str, Any]], batch
     Returns (N, D) float32 features and (N,) int64 labels on the CPU; row i is dataset item i, so the indices of
     :func:`~vitlab.data.episodes.sample_episodes` address it directly.
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = build_loader(dataset, num_workers, batch_size=batch_size, device=device)
     features, labels = [], []
     for batch in loader:
         features.append(feature_fn(batch["image"].to(device)).float().cpu())

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vitlab.config import AugConfig, ConfigError, DataConfig, MethodConfig, RunConfig, require
+from vitlab.data.loader import build_loader
 from vitlab.data.multicrop import MultiCropDataset, MultiCropTransform
 from vitlab.engine.ema import copy_buffers_, ema_update_
 from vitlab.engine.schedules import cosine_schedule
@@ -563,8 +564,8 @@ class Mugs(Method[MugsConfig]):
             if "test" in loaders and ecfg.knn_data is None:
                 built["knn_test"] = loaders["test"]
             for key in missing:
-                built.setdefault(key, DataLoader(datasets[key], batch_size=self.cfg.data.eval_batch_size,
-                                                 shuffle=False, num_workers=self.cfg.data.num_workers))
+                built.setdefault(key, build_loader(datasets[key], self.cfg.data.num_workers,
+                                                   batch_size=self.cfg.data.eval_batch_size, device=device))
         source = {**built, **{k: v for k, v in loaders.items() if k in needed}}
         was_training = backbone.training
         backbone.eval()
