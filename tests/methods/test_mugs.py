@@ -33,7 +33,8 @@ TINY = ["data.img_size=16", "data.batch_size=8", "method.crops.global_size=16", 
         "method.crops.local_number=2", "method.ids.queue_size=32", "method.lgds.queue_size=32",
         "method.lgds.memory_size=32", "method.lgds.top_k=4", "method.gds.prototypes=64", "method.head_hidden_dim=32",
         "method.predictor_hidden_dim=32", "method.head_out_dim=16", "method.gds.bottleneck_dim=16",
-        "method.eval.probe_epochs=2", "model.kwargs.depth=2", "model.drop_path_rate=0"]
+        "method.eval.probe_epochs=2", "model.kwargs.depth=2", "model.drop_path_rate=0",
+        "method.crops.backend=pil"]  # these tests feed per-image crops (tests/methods/test_mugs_batch_crops.py: batch)
 
 
 def _count(module: torch.nn.Module) -> int:

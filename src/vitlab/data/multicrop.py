@@ -18,6 +18,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
@@ -29,7 +30,7 @@ from vitlab.data.dataset import DataError
 from vitlab.data.image_folder import ImageFolderDataset
 from vitlab.data.transforms import TrainTransform, _rand_augment, pil_to_unit_tensor, unit_tensor_to_pil
 
-__all__ = ["MultiCropDataset", "MultiCropTransform"]
+__all__ = ["ByteImageDataset", "MultiCropDataset", "MultiCropTransform"]
 
 
 class RandomGaussianBlur:
@@ -169,3 +170,33 @@ class MultiCropDataset(Dataset[dict[str, Any]]):
         out = self.transform(image)
         out["label"] = label
         return out
+
+
+class ByteImageDataset(Dataset[dict[str, Any]]):
+    """The plain images of any vitlab image set as uint8 tensors, ``{"image": (C, H, W) uint8, "label": int}``, for
+    crops made on the batch (:class:`~vitlab.data.batch_aug.BatchMultiCrop`, ``method.crops.backend: batch``).
+
+    In-memory sets give their images at ``data.img_size`` (rounded to uint8 as the PIL path rounds them); image
+    folders are decoded once per read, shorter side resized to ``data.img_size`` and centre-cropped (equal sides are
+    needed to batch them), so their crops cover the central square rather than the whole picture.
+    """
+
+    def __init__(self, base: Dataset[dict[str, Any]], channels: int) -> None:
+        self.base = base
+        self.channels = channels
+        for attr in ("num_classes", "classes", "mean", "std", "targets"):
+            if hasattr(base, attr):
+                setattr(self, attr, getattr(base, attr))
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if isinstance(self.base, ImageFolderDataset):
+            array = np.asarray(self.base.load(index), dtype=np.uint8)
+            array = array[:, :, None] if array.ndim == 2 else array
+            return {"image": torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))),
+                    "label": self.base.targets[index]}
+        item = self.base[index]
+        image = item["image"].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return {"image": image, "label": int(item["label"])}

@@ -35,19 +35,23 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from vitlab.config import AugConfig, ConfigError, DataConfig, MethodConfig, RunConfig, require
+from vitlab.data.batch_aug import BatchMultiCrop
+from vitlab.data.dataset import DataError
 from vitlab.data.loader import build_loader
-from vitlab.data.multicrop import MultiCropDataset, MultiCropTransform
+from vitlab.data.multicrop import ByteImageDataset, MultiCropDataset, MultiCropTransform
 from vitlab.engine.ema import copy_buffers_, ema_update_
 from vitlab.engine.schedules import cosine_schedule
 from vitlab.evaluation.frozen_features import evaluate_frozen_features
 from vitlab.evaluation.linear_probe import has_vit_tokens
-from vitlab.losses.distributed import world_size
+from vitlab.losses.distributed import rank, world_size
 from vitlab.losses.mugs import GroupDiscriminationLoss, NeighbourMemory, QueueInfoNCELoss
 from vitlab.methods.base import DataInfo, Method, OptimizerBuilder, Progress, StepHelper, register_method
 from vitlab.models.classifier import ImageClassifier, build_classifier
 
 LGDSQuery = Literal["prenorm_all_tokens", "postnorm_patch_mean"]
 LGDS_QUERIES: tuple[str, ...] = get_args(LGDSQuery)
+CropBackend = Literal["batch", "pil"]
+CROP_BACKENDS: tuple[str, ...] = get_args(CropBackend)
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
@@ -64,6 +68,9 @@ class CropConfig:
     hflip: float = 0.5  # 0 for digits and glyphs: a flip changes the class
     rand_augment: str = "rand-m9-mstd0.5-inc1"
     random_erasing: float = 0.25
+    # batch: the loader gives plain uint8 images and the step crops the whole batch on the training device
+    # (data/batch_aug.py); pil: every item is cropped by PIL in the loader (data/multicrop.py), as the official code
+    backend: CropBackend = "batch"
 
 
 @dataclass
@@ -158,6 +165,8 @@ class MugsConfig(MethodConfig):
         require(0.0 <= self.crops.strong_prob <= 1.0, "method.crops.strong_prob", "a probability in [0, 1]",
                 self.crops.strong_prob)
         require(0.0 <= self.crops.hflip <= 1.0, "method.crops.hflip", "a probability in [0, 1]", self.crops.hflip)
+        require(self.crops.backend in CROP_BACKENDS, "method.crops.backend", " or ".join(map(repr, CROP_BACKENDS)),
+                self.crops.backend)
         require(bool(self.eval.knn_k) and min(self.eval.knn_k) >= 1, "method.eval.knn_k",
                 "a non-empty list of integers >= 1", self.eval.knn_k)
 
@@ -362,6 +371,14 @@ class Mugs(Method[MugsConfig]):
                                                mcfg.lgds.reproduce_pointer_skip) if uses_lgds else None)
         self.teacher_memory = (NeighbourMemory(mcfg.lgds.memory_size, width, mcfg.lgds.top_k,
                                                mcfg.lgds.reproduce_pointer_skip) if uses_lgds else None)
+        c = mcfg.crops
+        try:
+            self.batch_crops = (BatchMultiCrop(global_size, local_size, c.local_number, c.global_scale,
+                                               c.local_scale, c.strong_prob, c.hflip, data.channels, data.mean,
+                                               data.std, c.rand_augment, c.random_erasing)
+                                if c.backend == "batch" else None)
+        except DataError as exc:  # a setting the batched crops cannot take: a config error naming its key
+            raise ConfigError(str(exc)) from None
 
     # ---- construction helpers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -428,10 +445,14 @@ class Mugs(Method[MugsConfig]):
         base = build_dataset(cfg.data, "train", train=False)
         global_size, local_size = crop_sizes(cfg)
         c = mcfg.crops
-        transform = MultiCropTransform(global_size, local_size, c.local_number, c.global_scale, c.local_scale,
-                                       c.strong_prob, c.hflip, cfg.data.channels, base.mean, base.std,  # type: ignore
-                                       c.rand_augment, c.random_erasing)
-        out: dict[str, Dataset] = {"train": MultiCropDataset(base, transform, cfg.data.channels)}
+        out: dict[str, Dataset] = {}
+        if c.backend == "batch":  # plain images; the crops are made on the batch in the step (``Mugs.make_crops``)
+            out["train"] = ByteImageDataset(base, cfg.data.channels)
+        else:
+            transform = MultiCropTransform(global_size, local_size, c.local_number, c.global_scale, c.local_scale,
+                                           c.strong_prob, c.hflip, cfg.data.channels, base.mean,  # type: ignore
+                                           base.std, c.rand_augment, c.random_erasing)  # type: ignore[attr-defined]
+            out["train"] = MultiCropDataset(base, transform, cfg.data.channels)
         out.update(cls.eval_datasets(cfg))
         out["test"] = out["knn_test"]
         return out
@@ -490,9 +511,23 @@ class Mugs(Method[MugsConfig]):
         return self
 
     # ---- one step ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def make_crops(self, images: Tensor, progress: Progress) -> dict[str, Tensor]:
+        """``method.crops.backend: batch``: the multi-crop of a batch of plain images (B, C, H, W) (uint8 or [0, 1])
+        on their device, drawn from a generator seeded by (train.seed, rank, step), so a resumed run crops alike."""
+        if self.batch_crops is None:
+            raise ValueError("Mugs: the batch holds plain images but method.crops.backend is 'pil' (the loader's "
+                             "items should already be crops)")
+        seed = int(np.random.SeedSequence([self.cfg.train.seed, rank(), progress.step]).generate_state(1)[0])
+        generator = torch.Generator(device=images.device).manual_seed(seed)
+        return self.batch_crops(images, generator)
+
     def forward(self, batch: Mapping[str, Any], progress: Progress) -> dict[str, Tensor]:
-        """The three losses of one batch (steps 1-4 of the module docstring); buffers are updated here."""
+        """The three losses of one batch (steps 1-4 of the module docstring); buffers are updated here. The batch
+        holds the crops (``teacher_globals``, ..., ``weak_flag``) or, with the batch backend, plain ``image``s."""
         mcfg = self.mcfg
+        if "teacher_globals" not in batch:
+            batch = {**batch, **self.make_crops(batch["image"], progress)}
         teacher_crops = list(batch["teacher_globals"].unbind(1))
         student_crops = list(batch["student_globals"].unbind(1))
         if "student_locals" in batch:
