@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from vitlab.errors import ConfigError as ConfigError  # re-exported: `from vitlab.config import ConfigError`
 from vitlab.errors import os_reason
@@ -298,6 +298,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(method_section, dict):
         raise ConfigError("method: expected a section with at least a name, e.g. method: {name: supervised}")
     method_name = str(method_section.get("name", "supervised"))
+    _check_without_method(plain)
     method_cls = method_config_class(method_name)
     schema = RunConfig(method=method_cls(name=method_name))
     _check_keys(plain, schema, "")
@@ -313,6 +314,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     assert isinstance(cfg, RunConfig)
     validate(cfg)
     return cfg
+
+
+def _check_without_method(plain: dict[str, Any]) -> None:
+    """Every check of the sections other than ``method`` (keys, types, choices, values), made before the method's
+    schema is looked up: that imports the methods (and torch), so a mistake in ``data``, ``optim``, ``train``, ...
+    is reported in a fraction of a second. An interpolation that needs the method's keys waits for the full check."""
+    general = copy.deepcopy({k: v for k, v in plain.items() if k != "method"})
+    schema = RunConfig()
+    _check_keys(general, schema, "")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(general)))
+    except InterpolationResolutionError:
+        return
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{getattr(exc, 'full_key', None) or 'config'}: {str(exc).splitlines()[0]}") from None
+    assert isinstance(cfg, RunConfig)
+    validate(cfg)
 
 
 def require(cond: bool, key: str, allowed: str, value: Any) -> None:

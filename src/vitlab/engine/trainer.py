@@ -46,15 +46,11 @@ from vitlab.engine.seeding import (
     restore_rng_state,
     seed_everything,
 )
-from vitlab.errors import writing
+from vitlab.errors import NonFiniteLossError, writing
 from vitlab.methods.base import METHODS, DataInfo, Method, Progress, build_method, data_info_from
 
 __all__ = ["NonFiniteLossError", "Run", "RunExistsError", "TrainingInterrupted", "data_info_from", "make_fabric",
            "manual_step", "setup_optimization", "train"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
 
 class RunExistsError(ConfigError):
