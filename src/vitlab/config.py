@@ -147,6 +147,10 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (for smoke tests)
     steps_per_epoch: int | None = None  # cap an epoch at this many optimizer steps (a fresh random subset each epoch)
     progress: bool = True  # progress bar when attached to a terminal
+    # speed (docs/engine.md); auto is resolved at the start of a run and written into the run's config.yaml
+    compile: bool | str = "auto"  # torch.compile of the method's compiled_modules(); auto: true on CUDA, false on CPU
+    matmul_precision: Literal["auto", "highest", "high", "medium"] = "auto"  # auto: high on CUDA, highest on CPU
+    channels_last: bool | str = "auto"  # channels-last weights and images; auto: on CUDA for models with a Conv2d
 
 
 @dataclass
@@ -383,6 +387,9 @@ def validate(cfg: RunConfig) -> None:
     require(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "null or an integer >= 1",
              t.steps_per_epoch)
     require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
+    for key in ("compile", "channels_last"):
+        value = getattr(t, key)
+        require(isinstance(value, bool) or value == "auto", f"train.{key}", "true, false or auto", value)
     if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name: got {cfg.name!r}, expected a run name (a folder inside out_dir, without '/')")
     check = getattr(cfg.method, "validate", None)
