@@ -11,7 +11,9 @@ Memory, per model (``--memory``):
 - CUDA: each model in a fresh interpreter, the allocator's peak over one step after a warm-up step
   (torch.cuda.max_memory_allocated: weights, AdamW state, activations and gradients);
 - both: the bytes of the tensors autograd saves for backward in one forward (``saved_mib``, distinct storages, the
-  parameters left out), an exact, noise-free count of the activation memory a training step holds.
+  parameters left out), an exact, noise-free count of the activation memory a training step holds; under the run's
+  ``--amp``, and also in full precision (``saved_mib_fp32``) and under bf16 autocast (``saved_mib_bf16``), whatever
+  ``--amp`` is, so that a CPU run predicts the activation memory of a bf16 GPU run.
 
     python benchmarks/bench_train_step.py --threads 2 --batch-size 16 --rounds 5 \
         --out results/benchmarks/iformer_train_step.json
@@ -64,10 +66,12 @@ class TrainStep:
         self.images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=generator).to(device)
         self.labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=generator).to(device)
 
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
+    def autocast(self, dtype: torch.dtype | None | str = "run") -> contextlib.AbstractContextManager[Any]:
+        """Autocast to the run's dtype (``--amp``), or to ``dtype`` (None: full precision)."""
+        dtype = self.amp_dtype if dtype == "run" else dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=dtype)  # type: ignore[arg-type]
 
     def __call__(self) -> None:
         """Forward, cross-entropy, backward, AdamW step, gradients to None."""
@@ -82,8 +86,9 @@ class TrainStep:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def saved_tensor_mib(self) -> float:
-        """MiB of the distinct storages autograd saves for backward in one forward, the parameters left out."""
+    def saved_tensor_mib(self, dtype: torch.dtype | None | str = "run") -> float:
+        """MiB of the distinct storages autograd saves for backward in one forward, the parameters left out; under
+        the run's autocast dtype, or under ``dtype`` (None: full precision)."""
         parameters = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
         saved: dict[int, int] = {}
 
@@ -93,7 +98,7 @@ class TrainStep:
                 saved[storage.data_ptr()] = storage.nbytes()
             return tensor
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), self.autocast():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), self.autocast(dtype):
             self.model(self.images)  # the graph is dropped at once: only the sizes are kept
         return sum(saved.values()) / 2**20
 
@@ -167,6 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names = list(dict.fromkeys([*args.models, REFERENCE]))
     steps = {name: TrainStep(name, args, device) for name in names}
     saved = {name: steps[name].saved_tensor_mib() for name in names}
+    saved_fp32 = {name: steps[name].saved_tensor_mib(None) for name in names}
+    saved_bf16 = {name: steps[name].saved_tensor_mib(torch.bfloat16) for name in names}
     load_before = os.getloadavg()
     for _ in range(args.warmup):
         for name in names:
@@ -187,6 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append({"model": name, "step_s": median, "min_s": min(wall[name]), "max_s": max(wall[name]),
                      "images_per_s": args.batch_size / median, "cpu_s": statistics.median(cpu[name]),
                      "ratio_to_reference": paired_ratio(wall, name), "saved_mib": saved[name],
+                     "saved_mib_fp32": saved_fp32[name], "saved_mib_bf16": saved_bf16[name],
                      "peak_mib": memory[name]})
     return {"command": "python benchmarks/bench_train_step.py " + " ".join(sys.argv[1:]), "commit": _git_commit(),
             "torch": torch.__version__, "timm": timm.__version__, "device": str(device),
@@ -209,7 +217,8 @@ def format_record(record: dict[str, Any]) -> Iterator[str]:
         peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
         yield (f"{row['model']:<32} step {row['step_s']:.3f} s ({row['min_s']:.3f}-{row['max_s']:.3f}), "
                f"{row['images_per_s']:.1f} img/s, {row['ratio_to_reference']:.2f}x DeiT-S's step, "
-               f"saved {row['saved_mib']:.0f} MiB, peak {peak} MiB")
+               f"saved {row['saved_mib']:.0f} MiB (fp32 {row['saved_mib_fp32']:.0f}, bf16 autocast "
+               f"{row['saved_mib_bf16']:.0f}), peak {peak} MiB")
 
 
 def main() -> None:

@@ -21,24 +21,27 @@ EXIT_RUN_FAILED = 1
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    import timm
-
-    from vitlab.models import list_vitlab_models
-    from vitlab.models.profile import model_info
-
     if args.all:
+        import timm
+
+        import vitlab.models  # noqa: F401  (registers vitlab models)
+
         for name in timm.list_models(args.pattern or "*"):
             print(name)
         return 0
-    names = list_vitlab_models(args.pattern or "*")
+    from vitlab import model_catalog  # a static table: listing the models imports no torch
+
+    names = model_catalog.list_models(args.pattern or "*")
     if not names:
         from vitlab.errors import ConfigError
 
         raise ConfigError(f"pattern {args.pattern!r}: no vitlab model matches (`vitlab models` lists them all)")
-    rows = []
-    for name in names:
-        info = model_info(name, flops=args.flops)
-        rows.append(info)
+    if args.flops:
+        from vitlab.models.profile import model_info
+
+        rows = [model_info(name, flops=True) for name in names]
+    else:
+        rows = [model_catalog.model_row(name) for name in names]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -69,10 +72,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from vitlab.config import load_config
-    from vitlab.engine.trainer import train
-    from vitlab.models.external import recipe_overrides
+    from vitlab.model_spec import recipe_overrides
 
-    cfg = load_config(args.config, recipe_overrides(args) + list(args.set))
+    cfg = load_config(args.config, recipe_overrides(args) + list(args.set))  # checked before torch is imported
+    from vitlab.engine.trainer import train
+
     metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
     import torch.distributed as dist
 
@@ -149,10 +153,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out = export_safetensors(args.ckpt, args.out)
         print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
         return 0
-    handler = _EXPORTERS.get(args.format)
+    exporters = _exporters()
+    handler = exporters.get(args.format)
     if handler is None:
         raise ConfigError(f"--format: {args.format!r} is not available (available: safetensors"
-                          f"{', ' + ', '.join(sorted(_EXPORTERS)) if _EXPORTERS else ''})")
+                          f"{', ' + ', '.join(sorted(exporters)) if exporters else ''})")
     return handler(args)
 
 
@@ -168,36 +173,54 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# Sub-commands contributed by method packages: name -> (add_arguments, run, help).
-_EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]]
-_EXTRA_COMMANDS = {}
-_EXPORTERS: dict[str, Callable[[argparse.Namespace], int]] = {}
+# Sub-commands that live with their method: name -> (module with add_arguments and run, help).
+_EXTRA_COMMANDS = {
+    "attack": ("vitlab.attacks.command", "robust accuracy of a checkpoint under PGD / APGD / AutoAttack"),
+    "quantize": ("vitlab.quant.command", "data-free quantization: clusterq | gdfq | zeroq"),
+    "analyze": ("vitlab.analysis.command", "frequency analysis and overlays of a trained model"),
+    "lens": ("vitlab.analysis.lens_command", "AR-lens overlay of a checkpoint's CAM / attention map on an image"),
+    "data": ("vitlab.data.command", "the bundled data sets (sizes, classes) and the formats --data-root reads"),
+}
 
 
-def _register_extra_commands() -> None:
-    """Commands that live with their method (attack, quantize, analyze); each is optional until its package exists."""
+def _exporters() -> dict[str, Callable[[argparse.Namespace], int]]:
+    """``vitlab export --format`` handlers that the extra commands' modules contribute (``EXPORT_FORMATS``)."""
     import importlib
 
-    for name, module_name, help_text in (
-        ("attack", "vitlab.attacks.command", "robust accuracy of a checkpoint under PGD / APGD / AutoAttack"),
-        ("quantize", "vitlab.quant.command", "data-free quantization: clusterq | gdfq | zeroq"),
-        ("analyze", "vitlab.analysis.command", "frequency analysis and overlays of a trained model"),
-        ("lens", "vitlab.analysis.lens_command", "AR-lens overlay of a checkpoint's CAM / attention map on an image"),
-        ("data", "vitlab.data.command", "the bundled data sets (sizes, classes) and the formats --data-root reads"),
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and exc.name.startswith("vitlab"):
-                continue
-            raise
-        _EXTRA_COMMANDS[name] = (module.add_arguments, module.run, help_text)
-        exporters = getattr(module, "EXPORT_FORMATS", {})
-        _EXPORTERS.update(exporters)
+    found: dict[str, Callable[[argparse.Namespace], int]] = {}
+    for module_name, _ in _EXTRA_COMMANDS.values():
+        found.update(getattr(importlib.import_module(module_name), "EXPORT_FORMATS", {}))
+    return found
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with the command's one-line errors: ``error: vitlab train: ... (see vitlab train --help)``, exit 2."""
+    """argparse with the command's one-line errors: ``error: vitlab train: ... (see vitlab train --help)``, exit 2.
+
+    A sub-command's parser is given ``arguments``, the function that adds its arguments; it runs only when that
+    sub-command is parsed or its help is shown, so ``vitlab --help`` and ``vitlab train`` import only what they use.
+    """
+
+    def __init__(self, *args: Any, arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._arguments = arguments
+
+    def _add_arguments(self) -> None:
+        if self._arguments is not None:
+            arguments, self._arguments = self._arguments, None
+            arguments(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        self._add_arguments()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_arguments()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._add_arguments()
+        return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         if _is_reporting_rank():
@@ -205,18 +228,15 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_BAD_INPUT)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vitlab", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("models", help="list registered vitlab models with params (and FLOPs)")
+def _models_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default=None, help="shell-style pattern, e.g. 'iformer*'")
     p.add_argument("--flops", action="store_true", help="also count fvcore FLOPs (builds and traces each model)")
     p.add_argument("--all", action="store_true", help="list every timm model name instead")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("info", help="params and FLOPs of one model (fvcore convention, explicit attention)")
+
+def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model")
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--frames", type=int, default=None, help="clip length T for video models")
@@ -224,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("train", help="train any method from a recipe (plain python or torchrun)")
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from vitlab.data.catalog import add_data_arguments
+
     p.add_argument("-c", "--config", required=True, help="recipe YAML, e.g. recipes/supervised/resnet18_digits.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
     p.add_argument("--resume", nargs="?", const="last", default=None,
@@ -234,28 +257,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the backbone: path/to/file.py:factory or any timm / vitlab name (sets model.name)")
     p.add_argument("--model-args", nargs="+", default=None, metavar="KEY=VALUE",
                    help="its keyword arguments: key=value ... or one JSON object (sets model.kwargs)")
-    from vitlab.data.catalog import add_data_arguments
-
     add_data_arguments(p, default="the recipe's")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="the metrics of a checkpoint's task")
-    p.add_argument("-c", "--config", default=None, help="recipe whose data section to evaluate on (default: the run's)")
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
     from vitlab.data.catalog import add_data_arguments
+    from vitlab.evaluation.episodes_command import add_episode_arguments
     from vitlab.models.external import add_model_arguments
 
+    p.add_argument("-c", "--config", default=None, help="recipe whose data section to evaluate on (default: the run's)")
     add_model_arguments(p)
     add_data_arguments(p, data_flag=False)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--split", default="test")
     p.add_argument("--confusion", action="store_true", help="also print the confusion matrix")
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
-    from vitlab.evaluation.episodes_command import add_episode_arguments
-
     add_episode_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("export", help="export a checkpoint's model (or any model with --model)")
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    from vitlab.data.catalog import add_data_arguments
+    from vitlab.models.external import add_model_arguments
+
     add_model_arguments(p)
     add_data_arguments(p, default="none; with --model --format int8: the calibration images")
     p.add_argument("--format", default="safetensors")
@@ -263,17 +288,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("demo", help="the tour of every method on bundled data, with a report")
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a shorter tour (used by the tests)")
     p.add_argument("--only", action="append", default=None, help="run only these sections")
     p.set_defaults(func=_cmd_demo)
 
-    _register_extra_commands()
-    for name, (add_arguments, run, help_text) in _EXTRA_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        add_arguments(p)
-        p.set_defaults(func=run)
+
+def _extra_arguments(module_name: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The arguments of an extra command: its module's ``add_arguments``, and its ``run`` as the command."""
+
+    def arguments(p: argparse.ArgumentParser) -> None:
+        import importlib
+
+        module = importlib.import_module(module_name)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+
+    return arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vitlab`` parser; each sub-command's arguments (and their imports) are added when it is used."""
+    parser = _Parser(prog="vitlab", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
+        ("models", "list registered vitlab models with params (and FLOPs)", _models_arguments),
+        ("info", "params and FLOPs of one model (fvcore convention, explicit attention)", _info_arguments),
+        ("train", "train any method from a recipe (plain python or torchrun)", _train_arguments),
+        ("eval", "the metrics of a checkpoint's task", _eval_arguments),
+        ("export", "export a checkpoint's model (or any model with --model)", _export_arguments),
+        ("demo", "the tour of every method on bundled data, with a report", _demo_arguments),
+    ]
+    commands += [(name, help_text, _extra_arguments(module)) for name, (module, help_text) in _EXTRA_COMMANDS.items()]
+    for name, help_text, arguments in commands:
+        sub.add_parser(name, help=help_text, arguments=arguments)
     return parser
 
 
@@ -285,8 +335,7 @@ def _is_reporting_rank() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from vitlab.engine.trainer import NonFiniteLossError
-    from vitlab.errors import UserError, is_environment_error, os_reason
+    from vitlab.errors import NonFiniteLossError, UserError, is_environment_error, os_reason
 
     try:
         return int(args.func(args) or 0)

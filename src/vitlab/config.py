@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from vitlab.errors import ConfigError as ConfigError  # re-exported: `from vitlab.config import ConfigError`
 from vitlab.errors import os_reason
@@ -147,6 +147,10 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (for smoke tests)
     steps_per_epoch: int | None = None  # cap an epoch at this many optimizer steps (a fresh random subset each epoch)
     progress: bool = True  # progress bar when attached to a terminal
+    # speed (docs/engine.md); auto is resolved at the start of a run and written into the run's config.yaml
+    compile: bool | str = "auto"  # torch.compile of the method's compiled_modules(); auto: true on CUDA, false on CPU
+    matmul_precision: Literal["auto", "highest", "high", "medium"] = "auto"  # auto: high on CUDA, highest on CPU
+    channels_last: bool | str = "auto"  # channels-last weights and images; auto: on CUDA for models with a Conv2d
 
 
 @dataclass
@@ -298,6 +302,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(method_section, dict):
         raise ConfigError("method: expected a section with at least a name, e.g. method: {name: supervised}")
     method_name = str(method_section.get("name", "supervised"))
+    _check_without_method(plain)
     method_cls = method_config_class(method_name)
     schema = RunConfig(method=method_cls(name=method_name))
     _check_keys(plain, schema, "")
@@ -313,6 +318,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     assert isinstance(cfg, RunConfig)
     validate(cfg)
     return cfg
+
+
+def _check_without_method(plain: dict[str, Any]) -> None:
+    """Every check of the sections other than ``method`` (keys, types, choices, values), made before the method's
+    schema is looked up: that imports the methods (and torch), so a mistake in ``data``, ``optim``, ``train``, ...
+    is reported in a fraction of a second. An interpolation that needs the method's keys waits for the full check."""
+    general = copy.deepcopy({k: v for k, v in plain.items() if k != "method"})
+    schema = RunConfig()
+    _check_keys(general, schema, "")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(general)))
+    except InterpolationResolutionError:
+        return
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{getattr(exc, 'full_key', None) or 'config'}: {str(exc).splitlines()[0]}") from None
+    assert isinstance(cfg, RunConfig)
+    validate(cfg)
 
 
 def require(cond: bool, key: str, allowed: str, value: Any) -> None:
@@ -365,6 +387,9 @@ def validate(cfg: RunConfig) -> None:
     require(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", "null or an integer >= 1",
              t.steps_per_epoch)
     require(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "null or >= 1", t.max_steps)
+    for key in ("compile", "channels_last"):
+        value = getattr(t, key)
+        require(isinstance(value, bool) or value == "auto", f"train.{key}", "true, false or auto", value)
     if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name: got {cfg.name!r}, expected a run name (a folder inside out_dir, without '/')")
     check = getattr(cfg.method, "validate", None)

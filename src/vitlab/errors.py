@@ -36,6 +36,10 @@ class OutputError(UserError, OSError):
     that was there before is left as it was."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept (the command exits with 1)."""
+
+
 _REASONS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
             errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
             errno.EFBIG: "file too large (a file-size limit was reached)", errno.ENOTDIR: "a path component is a file"}

@@ -50,7 +50,11 @@ def test_training_beats_chance_and_writes_artifacts(tmp_path: Path) -> None:
     assert ckpt["config"]["model"]["name"] == "test_resnet" and ckpt["epoch"] == 3
     written = load_config(run / "config.yaml")  # the resolved config is a valid recipe ...
     assert written.data.num_workers == resolve_num_workers("auto", cuda=False)  # ... with the worker count it used
-    assert dataclasses.replace(written, data=dataclasses.replace(written.data, num_workers="auto")) == cfg
+    assert (written.train.compile, written.train.matmul_precision, written.train.channels_last) == (False, "highest",
+                                                                                                   False)
+    autos = {"compile": "auto", "matmul_precision": "auto", "channels_last": "auto"}
+    assert dataclasses.replace(written, data=dataclasses.replace(written.data, num_workers="auto"),
+                               train=dataclasses.replace(written.train, **autos)) == cfg
     with pytest.raises(Exception, match="already holds last.ckpt"):
         train(cfg)
 

@@ -43,7 +43,14 @@ def register_dataset(name: str, builder: DatasetBuilder) -> None:
     _BUILDERS[name] = builder
 
 
+def _import_registering_modules() -> None:
+    """The modules of this package that register more sets (video, few-shot formats); imported on first lookup, as
+    ``vitlab.data`` itself imports nothing on import."""
+    from vitlab.data import fewshot_formats, video_sets  # noqa: F401
+
+
 def dataset_names() -> list[str]:
+    _import_registering_modules()
     return sorted(_BUILDERS)
 
 
@@ -55,6 +62,7 @@ def build_dataset(cfg: DataConfig, split: str, train: bool) -> Dataset[dict[str,
     Splits: "train" / "test" for classification sets, "base" / "val" / "novel" for ``glyphs_fewshot``.
     ``cfg.train_per_class`` keeps, in the training split only, the first N images per class after a fixed shuffle.
     """
+    _import_registering_modules()
     if cfg.name not in _BUILDERS:
         raise DataError(f"data.name: unknown data set {cfg.name!r} (allowed: {', '.join(dataset_names())})")
     if cfg.channels not in (1, 3):

@@ -46,15 +46,12 @@ from vitlab.engine.seeding import (
     restore_rng_state,
     seed_everything,
 )
-from vitlab.errors import writing
+from vitlab.engine.speed import SpeedSettings, apply_speed, inputs_channels_last, matmul_precision, resolve_speed
+from vitlab.errors import NonFiniteLossError, writing
 from vitlab.methods.base import METHODS, DataInfo, Method, Progress, build_method, data_info_from
 
 __all__ = ["NonFiniteLossError", "Run", "RunExistsError", "TrainingInterrupted", "data_info_from", "make_fabric",
            "manual_step", "setup_optimization", "train"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
 
 class RunExistsError(ConfigError):
@@ -115,6 +112,7 @@ class Run:
     total_steps: int
     max_steps: int
     logger: RunLogger
+    speed: SpeedSettings  # train.compile / matmul_precision / channels_last, resolved for the device
     step: int = 0  # optimizer steps done
     start_epoch: int = 0
     start_batch: int = 0  # batches of ``start_epoch`` already used (resume inside an epoch)
@@ -143,6 +141,13 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
         overwrite: start fresh even if the run folder already holds checkpoints (they are replaced).
     """
     run = setup(cfg, resume, overwrite)
+    with matmul_precision(run.speed.matmul_precision):
+        return _train_loop(run)
+
+
+def _train_loop(run: Run) -> dict[str, float]:
+    """The epochs of :func:`train` from where ``run`` stands; returns the final evaluation metrics."""
+    cfg = run.cfg
     run.method.train()
     run.bar = _progress_bar(cfg.train.progress and run.rank == 0, min(run.total_steps, run.max_steps) - run.step,
                             "train")
@@ -179,6 +184,8 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
         check_state_fits(str(ckpt_path), ckpt, cfg, info.num_classes, method.state_dict())
     rank, world = fabric.global_rank, fabric.world_size
     ema = ModelEma(method.eval_model(), cfg.ema.decay) if cfg.ema.enabled else None
+    speed = resolve_speed(cfg.train, fabric.device.type, method)
+    apply_speed(speed, method)  # after the EMA copy: that stays a plain module
 
     bs = cfg.data.batch_size
     workers = resolve_num_workers(cfg.data.num_workers, fabric.device.type == "cuda")
@@ -209,11 +216,14 @@ def setup(cfg: RunConfig, resume: str | None, overwrite: bool) -> Run:
               train_items=train_items, sampler=sampler, loader=loader, eval_loaders=eval_loaders, schedules=schedules,
               batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
               max_steps=cfg.train.max_steps if cfg.train.max_steps is not None else total_steps,
-              logger=logger)
+              logger=logger, speed=speed)
     if ckpt is not None:
         _restore(run, ckpt)
-    if rank == 0:  # the resolved worker count is recorded; checkpoints keep "auto" to re-resolve where they are used
-        written = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=workers))
+    if rank == 0:  # the resolved worker count and speed settings are recorded; checkpoints keep "auto" to re-resolve
+        written = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=workers),
+                                      train=dataclasses.replace(cfg.train, compile=speed.compile,
+                                                                matmul_precision=speed.matmul_precision,
+                                                                channels_last=speed.channels_last))
         atomic_write_bytes(to_yaml(written).encode(), cfg.run_dir / "config.yaml")
     n_params = sum(p.numel() for p in method.eval_model().parameters())
     run.logger.info(
@@ -325,6 +335,8 @@ def train_one_epoch(run: Run, epoch: int, first: int) -> int:
             break
         position = i + 1
         batch = run.fabric.to_device(batch)
+        if run.speed.channels_last:
+            batch = inputs_channels_last(batch)
         progress = Progress(step=run.step, epoch=epoch, total_steps=run.total_steps,
                             steps_per_epoch=run.steps_per_epoch,
                             values={k: float(v[min(run.step, len(v) - 1)]) for k, v in run.schedules.items()})

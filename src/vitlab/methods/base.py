@@ -171,6 +171,11 @@ class Method(nn.Module, Generic[C]):
         """The module whose parameters the default optimizer trains."""
         return self.eval_model()
 
+    def compiled_modules(self) -> list[nn.Module]:
+        """The modules ``train.compile`` compiles (``nn.Module.compile``, in place): by default the trained model. A
+        method whose step runs other heavy modules (a teacher, a generator) lists them too."""
+        return [self.trainable_model()]
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups for the default optimizer: no weight decay on 1-D parameters and ``no_weight_decay()``."""
         return param_groups_weight_decay(self.trainable_model(), self.cfg.optim.weight_decay,

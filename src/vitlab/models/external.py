@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import importlib.util
 import inspect
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,8 +31,10 @@ import torch
 from torch import nn
 
 from vitlab.config import ConfigError
+from vitlab.model_spec import MEMORY_PREFIX, absolute_spec, is_model_file, parse_model_args, recipe_overrides
 
 __all__ = [
+    "absolute_spec",
     "InputConvention",
     "add_model_arguments",
     "create_model",
@@ -43,20 +44,14 @@ __all__ = [
     "load_weights",
     "parse_model_args",
     "read_weights",
+    "recipe_overrides",
 ]
 
 RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0), "0,255": (0.0, 255.0)}
 MISMATCH_KEYS_SHOWN = 3  # the first mismatched keys named in the error
 
 
-MEMORY_PREFIX = "memory:"
 _IN_MEMORY: dict[str, nn.Module] = {}  # modules the Python API was handed, by their spec
-
-
-def is_model_file(spec: str) -> bool:
-    """Whether ``spec`` names a user's model (``file.py:factory``, ``file.py``, or a module the Python API was handed:
-    ``memory:...``) rather than a registered name."""
-    return spec.endswith(".py") or ".py:" in spec or spec.startswith(MEMORY_PREFIX)
 
 
 def register_module(module: nn.Module) -> str:
@@ -65,33 +60,6 @@ def register_module(module: nn.Module) -> str:
     spec = f"{MEMORY_PREFIX}{type(module).__name__}-{id(module):x}"
     _IN_MEMORY[spec] = module
     return spec
-
-
-def parse_model_args(items: Sequence[str] | str | None, flag: str = "--model-args") -> dict[str, Any]:
-    """``key=value`` items (values read as YAML scalars / lists: 10, 0.5, true, [1, 2], text) or one JSON object."""
-    import yaml
-
-    if items is None:
-        return {}
-    items = [items] if isinstance(items, str) else list(items)
-    if len(items) == 1 and items[0].lstrip().startswith("{"):
-        try:
-            value = json.loads(items[0])
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{flag}: not a JSON object ({exc.msg} at character {exc.pos})") from None
-        if not isinstance(value, dict):
-            raise ConfigError(f"{flag}: expected a JSON object, got {type(value).__name__}")
-        return value
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"{flag}: expected key=value (e.g. num_classes=10), got {item!r}")
-        try:
-            out[key] = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            out[key] = text
-    return out
 
 
 def load_factory(spec: str, flag: str = "--model") -> Callable[..., Any]:
@@ -349,14 +317,6 @@ def check_model_choice(args: argparse.Namespace) -> None:
                 raise ConfigError(f"{flag} goes with --model, not --ckpt")
 
 
-def absolute_spec(spec: str) -> str:
-    """``file.py:factory`` with the file's absolute path (what a checkpoint stores, so it loads from anywhere)."""
-    if ".py:" not in spec:
-        return spec
-    path, _, name = spec.rpartition(":")
-    return f"{Path(path).expanduser().resolve()}:{name}"
-
-
 @dataclass
 class OutsideModel:
     """A ``--model`` built, weighted and wrapped: ``model`` takes (B, C, H, W) in [0, 1] (eval mode)."""
@@ -477,18 +437,3 @@ def export_outside_checkpoint(args: argparse.Namespace) -> Path:
     method = outside_method(args, data_config(args) if args.data else None)
     out = Path(args.out) if args.out else Path(f"{method.cfg.name}_export")
     return write_outside_checkpoint(method, out / "model.ckpt")
-
-
-def recipe_overrides(args: argparse.Namespace) -> list[str]:
-    """``vitlab train``'s ``--model`` / ``--model-args`` / ``--data`` / ``--data-root`` as recipe overrides
-    (``model.name``, ``model.kwargs.*``, ``data.name``, ``data.root``), applied before ``--set``."""
-    sets = []
-    if getattr(args, "model", None):
-        sets.append(f"model.name={absolute_spec(args.model)}")
-    for key, value in parse_model_args(getattr(args, "model_args", None)).items():
-        sets.append(f"model.kwargs.{key}={value if isinstance(value, str) else json.dumps(value)}")
-    if getattr(args, "data", None):
-        sets.append(f"data.name={args.data}")
-    if getattr(args, "data_root", None):
-        sets.append(f"data.root={args.data_root}")
-    return sets
