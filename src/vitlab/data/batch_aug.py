@@ -315,7 +315,8 @@ def _autocontrast_lut(images: Tensor) -> Tensor:
     flat = images.flatten(2).double()
     lo, hi = flat.min(dim=2, keepdim=True).values, flat.max(dim=2, keepdim=True).values
     levels = torch.arange(256, device=images.device, dtype=torch.float64)
-    scale = 255.0 / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    # tensor / tensor: IEEE division like Python's (a scalar / tensor multiplies by a reciprocal, 1 ulp off PIL's LUT)
+    scale = torch.full_like(hi, 255.0) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     lut = torch.trunc(levels * scale - lo * scale).clamp_(0.0, 255.0)
     return torch.where(hi > lo, lut, levels.expand_as(lut)).to(images.dtype)
 
