@@ -79,7 +79,7 @@ def main() -> None:
             loader = build_loader(subset, 0, batch_size=batch_size, shuffle=True,
                                   generator=torch.Generator().manual_seed(0))
             generator = torch.Generator().manual_seed(0)
-            loaders["batch"] = (lambda ld=loader, cr=crops: _consume(ld, cr, generator))
+            loaders["batch"] = (lambda ld=loader, cr=crops, gen=generator: _consume(ld, cr, gen))
 
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for round_ in range(args.rounds + 1):
@@ -100,7 +100,7 @@ def main() -> None:
     if args.out is not None:
         record = {"command": "python benchmarks/bench_loader.py " + " ".join(sys.argv[1:]),
                   "torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count(),
-                  "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                   "recipe": str(RECIPE.relative_to(ROOT)), "items": args.items, "rounds": args.rounds,
                   "batch_size": cfg.data.batch_size, "device": "cpu",
                   "load_average": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],

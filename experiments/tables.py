@@ -351,6 +351,49 @@ def reliability_bad_inputs(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+LOADER_LABELS = {"pil0": "PIL per image (`method.crops.backend: pil`), 0 workers",
+                 "pil2": "PIL per image (`method.crops.backend: pil`), 2 workers",
+                 "batch": "batched crops (`method.crops.backend: batch`), made on the CPU"}
+
+
+def loader_speed(results: list[dict[str, Any]]) -> str:
+    """Items/s of the Mugs glyphs multi-crop pipeline alone, per variant, and the ratio to PIL with 0 workers
+    (benchmarks/bench_loader.py)."""
+    r = results[0]
+    load = f"{r['load_average'][0]} → {r['load_average'][1]}"
+    rows = [f"| input pipeline (`{r['recipe']}`, batch {r['batch_size']}; torch {r['torch']}, {r['threads']} threads "
+            f"on {r['cpu_count']} cores, load average {load}; median of {r['rounds']} alternating rounds of "
+            f"{r['items']} images) | items/s | vs PIL, 0 workers |", "|---|---|---|"]
+    base = r["items_per_s"]["pil0"]
+    rows += [f"| {label} | {r['items_per_s'][k]:.0f} | {r['items_per_s'][k] / base:.2f}× |"
+             for k, label in LOADER_LABELS.items()]
+    return "\n".join(rows)
+
+
+def mugs_glyphs_budget(results: list[dict[str, Any]]) -> str:
+    """Seconds per epoch and per evaluation of the Mugs glyphs rows with the batched crops, extrapolated to the
+    300-epoch plan (benchmarks/bench_mugs_budget.py)."""
+    r = results[0]
+    plan = r["plan"]
+    names = {"mugs": "Mugs (IDS + LGDS + GDS)", "gds_only": "GDS-only (`method.loss_weights=[0,0,1]`)"}
+    rows = [f"| row (`{r['recipe']}`, batched crops; torch {r['torch']}, {r['threads']} thread; median of "
+            f"{max(1, r['epochs_measured'] - 1)} epoch(s) after the first) | s / epoch | novel-class k-NN (s) | "
+            f"k-NN + linear probe (s) | one {plan['epochs']}-epoch run (min) |", "|---|---|---|---|---|"]
+    for key, row in r["rows"].items():
+        rows.append(f"| {names.get(key, key)} | {row['epoch_s_median']:.1f} | {row['knn_s']:.1f} | "
+                    f"{row['eval_s']:.1f} | {plan['run_minutes'][key]:.0f} |")
+
+    def verdict(fits: bool) -> str:
+        return "fits" if fits else "does not fit"
+
+    rows += ["", f"Plan ({plan['epochs']} epochs × {plan['seeds']} seeds × {len(plan['rows'])} rows, an evaluation "
+             f"every {r['rows']['mugs']['eval_every']} epochs): {plan['serial_minutes']:.0f} min serial "
+             f"({verdict(plan['fits_serial'])}), {plan['two_at_a_time_minutes']:.0f} min two processes at a time "
+             f"({verdict(plan['fits_two_at_a_time'])}) in a {plan['session_minutes']:.0f}-minute session; load "
+             f"average {r['load_average'][0]} → {r['load_average'][1]} on {r['cpu_count']} cores."]
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -391,6 +434,11 @@ TABLES: dict[str, Table] = {
                                        "--out results/benchmarks/iformer_train_step_before.json"),
     "reliability_bad_inputs": Table(("reliability/bad_inputs.json",), reliability_bad_inputs,
                                     "python experiments/bad_inputs.py"),
+    "loader_speed": Table(("benchmarks/loader.json",), loader_speed,
+                          "python benchmarks/bench_loader.py --threads 2 --out results/benchmarks/loader.json"),
+    "mugs_glyphs_budget": Table(("benchmarks/mugs_glyphs_budget.json",), mugs_glyphs_budget,
+                                "python benchmarks/bench_mugs_budget.py --threads 1 --epochs 2 "
+                                "--out results/benchmarks/mugs_glyphs_budget.json"),
 }
 
 
