@@ -506,16 +506,19 @@ class BatchMultiCrop:
     def __call__(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if images.dim() != 4 or images.shape[1] != self.channels:
             raise DataError(f"multi-crop: images {tuple(images.shape)}, expected (B, {self.channels}, H, W)")
-        if images.device.type != "cpu":
-            return self._crops(images, generator)
-        # On the CPU the kernels here are tiny: intra-op threads cost more to wake than they save (on a busy 2-core
-        # machine a 16 x 16 x 64 sqrt took 16 ms on 2 threads and 3 us on 1), so the crops run on one thread.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._crops(images, generator)
-        finally:
-            torch.set_num_threads(threads)
+        # float32 throughout, also inside a mixed-precision step (the blur's matrix products would otherwise run in
+        # half precision)
+        with torch.autocast(images.device.type, enabled=False):
+            if images.device.type != "cpu":
+                return self._crops(images, generator)
+            # On the CPU the kernels here are tiny: intra-op threads cost more to wake than they save (on a busy
+            # 2-core machine a 16 x 16 x 64 sqrt took 16 ms on 2 threads and 3 us on 1), so the crops use one thread.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return self._crops(images, generator)
+            finally:
+                torch.set_num_threads(threads)
 
     def _crops(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if images.dtype == torch.uint8:
