@@ -377,10 +377,12 @@ def mugs_glyphs_budget(results: list[dict[str, Any]]) -> str:
     plan = r["plan"]
     names = {"mugs": "Mugs (IDS + LGDS + GDS)", "gds_only": "GDS-only (`method.loss_weights=[0,0,1]`)"}
     rows = [f"| row (`{r['recipe']}`, batched crops; torch {r['torch']}, {r['threads']} thread; median of "
-            f"{max(1, r['epochs_measured'] - 1)} epoch(s) after the first) | s / epoch | novel-class k-NN (s) | "
-            f"k-NN + linear probe (s) | one {plan['epochs']}-epoch run (min) |", "|---|---|---|---|---|"]
+            f"{max(1, r['epochs_measured'] - 1)} epoch(s) after the first) | s / epoch | every epoch (s) | "
+            f"novel-class k-NN (s) | k-NN + linear probe (s) | one {plan['epochs']}-epoch run (min) |",
+            "|---|---|---|---|---|---|"]
     for key, row in r["rows"].items():
-        rows.append(f"| {names.get(key, key)} | {row['epoch_s_median']:.1f} | {row['knn_s']:.1f} | "
+        every = " / ".join(f"{v:.1f}" for v in row["epoch_s"])
+        rows.append(f"| {names.get(key, key)} | {row['epoch_s_median']:.1f} | {every} | {row['knn_s']:.1f} | "
                     f"{row['eval_s']:.1f} | {plan['run_minutes'][key]:.0f} |")
 
     def verdict(fits: bool) -> str:
@@ -389,7 +391,8 @@ def mugs_glyphs_budget(results: list[dict[str, Any]]) -> str:
     rows += ["", f"Plan ({plan['epochs']} epochs × {plan['seeds']} seeds × {len(plan['rows'])} rows, an evaluation "
              f"every {r['rows']['mugs']['eval_every']} epochs): {plan['serial_minutes']:.0f} min serial "
              f"({verdict(plan['fits_serial'])}), {plan['two_at_a_time_minutes']:.0f} min two processes at a time "
-             f"({verdict(plan['fits_two_at_a_time'])}) in a {plan['session_minutes']:.0f}-minute session; load "
+             f"({verdict(plan['fits_two_at_a_time'])}) in a {plan['session_minutes']:.0f}-minute session; one seed "
+             f"of both rows side by side takes {plan['two_at_a_time_minutes'] / plan['seeds']:.0f} min. Load "
              f"average {r['load_average'][0]} → {r['load_average'][1]} on {r['cpu_count']} cores."]
     return "\n".join(rows)
 
