@@ -344,6 +344,23 @@ def train_step(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def cli_startup(results: list[dict[str, Any]]) -> str:
+    """Wall time of ``python -m vitlab ...`` at an earlier commit and at the working tree, medians over alternating
+    runs (benchmarks/bench_cli.py)."""
+    r = results[0]
+    rows = [f"| command ({r['threads']} CPUs, median of {r['runs']} alternating runs) | {r['before']} (s) | "
+            f"{r['after']} (s) | after, slowest run (s) | speed-up | exit code | same output | load average |",
+            "|---|---|---|---|---|---|---|---|"]
+    load = f"{r['load_average_before'][0]} → {r['load_average_after'][0]}"
+    for row in r["rows"]:
+        command = " ".join(row["argv"])
+        exit_code = "/".join(map(str, sorted(set(row["exit_before"]) | set(row["exit_after"]))))
+        rows.append(f"| {row['name']}: `{command}` | {row['before_s']:.2f} | {row['after_s']:.2f} | "
+                    f"{max(row['after_runs_s']):.2f} | {row['speedup']:.0f}× | {exit_code} | "
+                    f"{'yes' if row['same_output'] else 'no'} | {load} |")
+    return "\n".join(rows)
+
+
 def reliability_bad_inputs(results: list[dict[str, Any]]) -> str:
     """Issue 19's mistakes through the real command: exit code and what it printed (experiments/bad_inputs.py)."""
     rows = ["| mistake | exit | stderr |", "| --- | --- | --- |"]
@@ -389,6 +406,9 @@ TABLES: dict[str, Table] = {
     "iformer_train_step_before": Table(("benchmarks/iformer_train_step_before.json",), train_step,
                                        "python benchmarks/bench_train_step.py --threads 2 --batch-size 8 --rounds 5 "
                                        "--out results/benchmarks/iformer_train_step_before.json"),
+    "cli_startup": Table(("benchmarks/cli.json",), cli_startup,
+                         "python benchmarks/bench_cli.py --before dcef215 --runs 5 --threads 2 "
+                         "--out results/benchmarks/cli.json"),
     "reliability_bad_inputs": Table(("reliability/bad_inputs.json",), reliability_bad_inputs,
                                     "python experiments/bad_inputs.py"),
 }
