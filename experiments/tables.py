@@ -344,10 +344,73 @@ def train_step(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def cli_startup(results: list[dict[str, Any]]) -> str:
+    """Wall time of ``python -m vitlab ...`` at an earlier commit and at the working tree, medians over alternating
+    runs (benchmarks/bench_cli.py)."""
+    r = results[0]
+    rows = [f"| command ({r['threads']} CPUs, median of {r['runs']} alternating runs) | {r['before']} (s) | "
+            f"{r['after']} (s) | after, slowest run (s) | speed-up | exit code | same output | load average |",
+            "|---|---|---|---|---|---|---|---|"]
+    load = f"{r['load_average_before'][0]} → {r['load_average_after'][0]}"
+    for row in r["rows"]:
+        command = " ".join(row["argv"])
+        exit_code = "/".join(map(str, sorted(set(row["exit_before"]) | set(row["exit_after"]))))
+        rows.append(f"| {row['name']}: `{command}` | {row['before_s']:.2f} | {row['after_s']:.2f} | "
+                    f"{max(row['after_runs_s']):.2f} | {row['speedup']:.0f}× | {exit_code} | "
+                    f"{'yes' if row['same_output'] else 'no'} | {load} |")
+    return "\n".join(rows)
+
+
 def reliability_bad_inputs(results: list[dict[str, Any]]) -> str:
     """Issue 19's mistakes through the real command: exit code and what it printed (experiments/bad_inputs.py)."""
     rows = ["| mistake | exit | stderr |", "| --- | --- | --- |"]
     rows += [f"| {r['mistake']} | {r['exit']} | {r['stderr'].replace('|', '/')} |" for r in results[0]["rows"]]
+    return "\n".join(rows)
+
+
+LOADER_LABELS = {"pil0": "PIL per image (`method.crops.backend: pil`), 0 workers",
+                 "pil2": "PIL per image (`method.crops.backend: pil`), 2 workers",
+                 "batch": "batched crops (`method.crops.backend: batch`), made on the CPU"}
+
+
+def loader_speed(results: list[dict[str, Any]]) -> str:
+    """Items/s of the Mugs glyphs multi-crop pipeline alone, per variant, and the ratio to PIL with 0 workers
+    (benchmarks/bench_loader.py)."""
+    r = results[0]
+    load = f"{r['load_average'][0]} → {r['load_average'][1]}"
+    rows = [f"| input pipeline (`{r['recipe']}`, batch {r['batch_size']}; torch {r['torch']}, {r['threads']} threads "
+            f"on {r['cpu_count']} cores, load average {load}; median of {r['rounds']} alternating rounds of "
+            f"{r['items']} images) | items/s | vs PIL, 0 workers |", "|---|---|---|"]
+    base = r["items_per_s"]["pil0"]
+    rows += [f"| {label} | {r['items_per_s'][k]:.0f} | {r['items_per_s'][k] / base:.2f}× |"
+             for k, label in LOADER_LABELS.items()]
+    return "\n".join(rows)
+
+
+def mugs_glyphs_budget(results: list[dict[str, Any]]) -> str:
+    """Seconds per epoch and per evaluation of the Mugs glyphs rows with the batched crops, extrapolated to the
+    300-epoch plan (benchmarks/bench_mugs_budget.py)."""
+    r = results[0]
+    plan = r["plan"]
+    names = {"mugs": "Mugs (IDS + LGDS + GDS)", "gds_only": "GDS-only (`method.loss_weights=[0,0,1]`)"}
+    rows = [f"| row (`{r['recipe']}`, batched crops; torch {r['torch']}, {r['threads']} thread; median of "
+            f"{max(1, r['epochs_measured'] - 1)} epoch(s) after the first) | s / epoch | every epoch (s) | "
+            f"novel-class k-NN (s) | k-NN + linear probe (s) | one {plan['epochs']}-epoch run (min) |",
+            "|---|---|---|---|---|---|"]
+    for key, row in r["rows"].items():
+        every = " / ".join(f"{v:.1f}" for v in row["epoch_s"])
+        rows.append(f"| {names.get(key, key)} | {row['epoch_s_median']:.1f} | {every} | {row['knn_s']:.1f} | "
+                    f"{row['eval_s']:.1f} | {plan['run_minutes'][key]:.0f} |")
+
+    def verdict(fits: bool) -> str:
+        return "fits" if fits else "does not fit"
+
+    rows += ["", f"Plan ({plan['epochs']} epochs × {plan['seeds']} seeds × {len(plan['rows'])} rows, an evaluation "
+             f"every {r['rows']['mugs']['eval_every']} epochs): {plan['serial_minutes']:.0f} min serial "
+             f"({verdict(plan['fits_serial'])}), {plan['two_at_a_time_minutes']:.0f} min two processes at a time "
+             f"({verdict(plan['fits_two_at_a_time'])}) in a {plan['session_minutes']:.0f}-minute session; one seed "
+             f"of both rows side by side takes {plan['two_at_a_time_minutes'] / plan['seeds']:.0f} min. Load "
+             f"average {r['load_average'][0]} → {r['load_average'][1]} on {r['cpu_count']} cores."]
     return "\n".join(rows)
 
 
@@ -389,8 +452,16 @@ TABLES: dict[str, Table] = {
     "iformer_train_step_before": Table(("benchmarks/iformer_train_step_before.json",), train_step,
                                        "python benchmarks/bench_train_step.py --threads 2 --batch-size 8 --rounds 5 "
                                        "--out results/benchmarks/iformer_train_step_before.json"),
+    "cli_startup": Table(("benchmarks/cli.json",), cli_startup,
+                         "python benchmarks/bench_cli.py --before dcef215 --runs 5 --threads 2 "
+                         "--out results/benchmarks/cli.json"),
     "reliability_bad_inputs": Table(("reliability/bad_inputs.json",), reliability_bad_inputs,
                                     "python experiments/bad_inputs.py"),
+    "loader_speed": Table(("benchmarks/loader.json",), loader_speed,
+                          "python benchmarks/bench_loader.py --threads 2 --out results/benchmarks/loader.json"),
+    "mugs_glyphs_budget": Table(("benchmarks/mugs_glyphs_budget.json",), mugs_glyphs_budget,
+                                "python benchmarks/bench_mugs_budget.py --threads 1 --epochs 2 "
+                                "--out results/benchmarks/mugs_glyphs_budget.json"),
 }
 
 

@@ -428,6 +428,97 @@ def test_cpu_chunking_and_inference_path_agree(monkeypatch: pytest.MonkeyPatch) 
     assert whole.abs().max() > 0.1  # the logits are not trivially close
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The memory-lean training path (autograd functions that recompute the cheap ops in backward)
+
+
+def _output_and_grads(model: nn.Module, x: Tensor, lean: bool, monkeypatch: pytest.MonkeyPatch, dtype=None):
+    monkeypatch.setattr(iformer_module, "LEAN_BACKWARD", lean)
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        out = model(x)
+    (out.float() ** 2).sum().backward()
+    return out.detach(), {"input": x.grad, **{n: p.grad for n, p in model.named_parameters()}}
+
+
+@pytest.mark.parametrize("size", [(32, 32), (32, 64)])
+def test_lean_backward_equals_plain_autograd(size: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same output and, to float rounding, the same gradients for the input and every parameter (fp32)."""
+    model = build_test(layer_scale_init=0.5).train()  # LayerScale 0.5 so that stages 3-4 matter in the gradients
+    x = torch.randn(3, 3, *size)
+    out, grads = _output_and_grads(model, x, True, monkeypatch)
+    expected_out, expected = _output_and_grads(model, x, False, monkeypatch)
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-6)
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lean_backward_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under bf16 autocast the output is the plain path's bit for bit, and the gradients differ from it no more than
+    it differs from the fp32 gradients (only where bf16 rounding happens differs)."""
+    model = build_test(layer_scale_init=0.5).train()
+    x = torch.randn(3, 3, 32, 32)
+    out, grads = _output_and_grads(model, x, True, monkeypatch, torch.bfloat16)
+    expected_out, expected = _output_and_grads(model, x, False, monkeypatch, torch.bfloat16)
+    _, exact = _output_and_grads(model, x, False, monkeypatch)
+    assert torch.equal(out, expected_out)
+    for name in exact:
+        reference = exact[name].norm()
+        lean_vs_plain = (grads[name] - expected[name]).norm() / reference
+        plain_vs_fp32 = (expected[name] - exact[name]).norm() / reference
+        assert lean_vs_plain <= max(plain_vs_fp32, 1e-3), name
+
+
+@pytest.mark.parametrize("pool_low", [True, False])
+def test_inception_fusion_gradcheck(pool_low: bool) -> None:
+    """Finite differences in float64 against the hand-written backward of `_InceptionFusion`."""
+    torch.manual_seed(0)
+    high_dim, heads, height, width = 4, 2, 4, 6
+    low_tokens = (height // 2) * (width // 2) if pool_low else height * width
+    fused = 2 * high_dim + 32 * heads
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    inputs = (rand(2, height, width, high_dim), rand(2, heads, low_tokens, 32), pool_low,
+              rand(high_dim, high_dim // 2), rand(high_dim, 1, 3, 3), rand(high_dim, high_dim // 2), rand(high_dim),
+              rand(fused, 1, 3, 3), rand(5, fused), rand(5))  # fmt: skip
+    assert torch.autograd.gradcheck(iformer_module._InceptionFusion.apply, inputs)
+
+
+def test_layer_norm_mlp_gradcheck() -> None:
+    torch.manual_seed(0)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    inputs = (rand(2, 3, 5, 6), 1e-6, rand(6), rand(6), rand(24, 6), rand(24), rand(6, 24), rand(6))
+    assert torch.autograd.gradcheck(iformer_module._LayerNormMlp.apply, inputs)
+
+
+def test_lean_backward_saves_less(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the lean path: fewer bytes kept for backward (parameters left out)."""
+    model = build_test().train()
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved_bytes(lean: bool) -> int:
+        monkeypatch.setattr(iformer_module, "LEAN_BACKWARD", lean)
+        storages: dict[int, int] = {}
+
+        def pack(tensor: Tensor) -> Tensor:
+            if tensor.untyped_storage().data_ptr() not in parameters:
+                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(torch.randn(2, 3, 64, 64))
+        return sum(storages.values())
+
+    assert saved_bytes(True) < 0.75 * saved_bytes(False)
+
+
 def test_attention_only_ablation() -> None:
     model = build_test(mixer_mode="attention_only")
     assert all(b.mixer.high_dim == 0 and b.mixer.high_mixer is None for s in model.stages for b in s.blocks)

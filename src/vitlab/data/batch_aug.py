@@ -51,8 +51,8 @@ def _uniform(shape: tuple[int, ...], low: float | Tensor, high: float | Tensor, 
     return low + (high - low) * torch.rand(shape, generator=generator, device=device)
 
 
-def _bernoulli(n: int, p: float, generator: torch.Generator, device: torch.device) -> Tensor:
-    """(n,) bool, True with probability ``p`` (``random.random() < p``)."""
+def _bernoulli(n: int, p: float | Tensor, generator: torch.Generator, device: torch.device) -> Tensor:
+    """(n,) bool, True with probability ``p`` (``random.random() < p``; ``p`` a number or one per item)."""
     return torch.rand(n, generator=generator, device=device) < p
 
 
@@ -211,14 +211,14 @@ def random_grayscale(images: Tensor, p: float, generator: torch.Generator) -> Te
     return torch.where(_rows(applied), _grey(images).expand_as(images), images)
 
 
-def gaussian_blur(images: Tensor, p: float, generator: torch.Generator,
+def gaussian_blur(images: Tensor, p: float | Tensor, generator: torch.Generator,
                   sigma: Sequence[float] = BLUR_SIGMA) -> Tensor:
-    """Each item blurred with probability ``p`` by a Gaussian of sigma U(sigma) pixels (DINO's PIL GaussianBlur),
-    separable, edge pixels replicated. (N, C, H, W) -> same."""
+    """Each item blurred with probability ``p`` (a number or one per item) by a Gaussian of sigma U(sigma) pixels
+    (DINO's PIL GaussianBlur), separable, edge pixels replicated. (N, C, H, W) -> same."""
     n, c, height, width = images.shape
     applied = _bernoulli(n, p, generator, images.device)
     sigmas = _uniform((n,), sigma[0], sigma[1], generator, images.device)
-    if p <= 0:
+    if not isinstance(p, Tensor) and p <= 0:
         return images
     taps = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (taps[None] / sigmas[:, None].to(images.dtype)) ** 2)
@@ -235,16 +235,18 @@ def gaussian_blur(images: Tensor, p: float, generator: torch.Generator,
     return torch.where(_rows(applied), x, images)
 
 
-def solarize(images: Tensor, p: float, generator: torch.Generator) -> Tensor:
-    """Each item solarised with probability ``p``: values >= 128/255 (after uint8 rounding) become 1 - value."""
+def solarize(images: Tensor, p: float | Tensor, generator: torch.Generator) -> Tensor:
+    """Each item solarised with probability ``p`` (a number or one per item): values >= 128/255 (after uint8
+    rounding) become 1 - value."""
     applied = _bernoulli(images.shape[0], p, generator, images.device)
     return torch.where(_rows(applied) & (images >= 0.5), 1.0 - images, images)
 
 
-def weak_pipeline(images: Tensor, size: int, scale: Sequence[float], hflip: float, blur: float, solarize_p: float,
-                  generator: torch.Generator) -> Tensor:
+def weak_pipeline(images: Tensor, size: int, scale: Sequence[float], hflip: float, blur: float | Tensor,
+                  solarize_p: float | Tensor, generator: torch.Generator) -> Tensor:
     """DINO's weak pipeline on (N, C, H, W) float in [0, 1]: RandomResizedCrop (ratio 3/4-4/3), flip,
-    ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, blur p ``blur``, solarize p ``solarize_p``."""
+    ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, blur p ``blur``, solarize p ``solarize_p`` (numbers, or
+    (N,) tensors when the items come from different pipelines, e.g. global crops 1 and 2)."""
     if images.shape[0] == 0:
         return images.new_empty(0, images.shape[1], size, size)
     boxes = sample_crop_boxes(images.shape[0], images.shape[2], images.shape[3], scale, (3 / 4, 4 / 3), generator,
@@ -254,7 +256,7 @@ def weak_pipeline(images: Tensor, size: int, scale: Sequence[float], hflip: floa
     x = color_jitter(x, 0.4, 0.4, 0.2, 0.1, 0.8, generator)
     x = random_grayscale(x, 0.2, generator)
     x = gaussian_blur(x, blur, generator)
-    return solarize(x, solarize_p, generator) if solarize_p > 0 else x
+    return solarize(x, solarize_p, generator) if isinstance(solarize_p, Tensor) or solarize_p > 0 else x
 
 
 # ---- RandAugment (timm, "increasing" ops) ----------------------------------------------------------------------------
@@ -315,7 +317,8 @@ def _autocontrast_lut(images: Tensor) -> Tensor:
     flat = images.flatten(2).double()
     lo, hi = flat.min(dim=2, keepdim=True).values, flat.max(dim=2, keepdim=True).values
     levels = torch.arange(256, device=images.device, dtype=torch.float64)
-    scale = 255.0 / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    # tensor / tensor: IEEE division like Python's (a scalar / tensor multiplies by a reciprocal, 1 ulp off PIL's LUT)
+    scale = torch.full_like(hi, 255.0) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     lut = torch.trunc(levels * scale - lo * scale).clamp_(0.0, 255.0)
     return torch.where(hi > lo, lut, levels.expand_as(lut)).to(images.dtype)
 
@@ -488,15 +491,14 @@ class BatchMultiCrop:
         self.fill = tuple(round(255 * m) for m in mean)  # timm's img_mean, as the per-image path passes it
         self.random_erasing = random_erasing
 
-    def _strong(self, images255: Tensor, size: int, scale: tuple[float, float], generator: torch.Generator) -> Tensor:
-        """flip, RandAugment, RandomResizedCrop, RandomErasing; images255: (N, C, H, W) integer-valued floats."""
+    def _strong_crop(self, images255: Tensor, size: int, scale: tuple[float, float],
+                     generator: torch.Generator) -> Tensor:
+        """The strong pipeline after RandAugment: RandomResizedCrop, RandomErasing; (N, C, H, W) uint8 levels."""
         if images255.shape[0] == 0:
             return images255.new_empty(0, images255.shape[1], size, size)
-        x = horizontal_flip(images255, self.hflip, generator)
-        if self.rand_augment is not None:
-            x = rand_augment(x, self.rand_augment, self.fill, generator)
-        boxes = sample_crop_boxes(x.shape[0], x.shape[2], x.shape[3], scale, (3 / 4, 4 / 3), generator, x.device)
-        x = resized_crop(x / 255.0, boxes, size)
+        boxes = sample_crop_boxes(images255.shape[0], images255.shape[2], images255.shape[3], scale, (3 / 4, 4 / 3),
+                                  generator, images255.device)
+        x = resized_crop(images255 / 255.0, boxes, size)
         if self.random_erasing > 0:
             x = random_erasing(x, self.random_erasing, self.mean, self.std, generator)
         return x
@@ -504,16 +506,19 @@ class BatchMultiCrop:
     def __call__(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if images.dim() != 4 or images.shape[1] != self.channels:
             raise DataError(f"multi-crop: images {tuple(images.shape)}, expected (B, {self.channels}, H, W)")
-        if images.device.type != "cpu":
-            return self._crops(images, generator)
-        # On the CPU the kernels here are tiny: intra-op threads cost more to wake than they save (on a busy 2-core
-        # machine a 16 x 16 x 64 sqrt took 16 ms on 2 threads and 3 us on 1), so the crops run on one thread.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._crops(images, generator)
-        finally:
-            torch.set_num_threads(threads)
+        # float32 throughout, also inside a mixed-precision step (the blur's matrix products would otherwise run in
+        # half precision)
+        with torch.autocast(images.device.type, enabled=False):
+            if images.device.type != "cpu":
+                return self._crops(images, generator)
+            # On the CPU the kernels here are tiny: intra-op threads cost more to wake than they save (on a busy
+            # 2-core machine a 16 x 16 x 64 sqrt took 16 ms on 2 threads and 3 us on 1), so the crops use one thread.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return self._crops(images, generator)
+            finally:
+                torch.set_num_threads(threads)
 
     def _crops(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if images.dtype == torch.uint8:
@@ -523,28 +528,45 @@ class BatchMultiCrop:
         unit = images255 / 255.0
         batch, device = images.shape[0], images.device
         g, scale = self.global_size, self.global_scale
-        teacher = [weak_pipeline(unit, g, scale, self.hflip, 1.0, 0.0, generator),
-                   weak_pipeline(unit, g, scale, self.hflip, 0.1, 0.2, generator)]
         weak_flag = torch.rand(batch, generator=generator, device=device) >= self.strong_prob
         weak_items = torch.nonzero(weak_flag).squeeze(1)
         strong_items = torch.nonzero(~weak_flag).squeeze(1)
-        student = [torch.empty_like(t) for t in teacher]
-        for view, (blur, sol) in enumerate(((1.0, 0.0), (0.1, 0.2))):
-            student[view][weak_items] = weak_pipeline(unit[weak_items], g, scale, self.hflip, blur, sol, generator)
-        strong = self._strong(images255[strong_items].repeat(2, 1, 1, 1), g, scale, generator)
-        student[0][strong_items], student[1][strong_items] = strong.chunk(2)
-        out = {"teacher_globals": torch.stack(teacher, dim=1), "student_globals": torch.stack(student, dim=1),
-               "weak_flag": weak_flag}
-        if self.local_crops > 0:
-            n = self.local_crops
-            source = torch.arange(batch, device=device).repeat_interleave(n)  # item of each local crop
-            strong_local = torch.rand(batch * n, generator=generator, device=device) < self.strong_prob
-            weak_crops = torch.nonzero(~strong_local).squeeze(1)
-            strong_crops = torch.nonzero(strong_local).squeeze(1)
+        n_weak = weak_items.shape[0]
+
+        # Every weak global crop in one pass: teacher views 1 and 2, then the weakly augmented student's views 1 and 2
+        # (view 1: blur p 1; view 2: blur p 0.1, solarize p 0.2).
+        def per_view(view1: float, view2: float) -> Tensor:
+            counts = torch.tensor([batch, batch, n_weak, n_weak], device=device)
+            values = torch.tensor([view1, view2, view1, view2], device=device)
+            return values.repeat_interleave(counts)
+
+        weak = weak_pipeline(torch.cat([unit, unit, unit[weak_items], unit[weak_items]]), g, scale, self.hflip,
+                             per_view(1.0, 0.1), per_view(0.0, 0.2), generator)
+        teacher1, teacher2, student1, student2 = weak.split([batch, batch, n_weak, n_weak])
+
+        # Every strong crop shares flip + RandAugment on the whole image, then is cropped at its own size.
+        n = self.local_crops
+        source = torch.arange(batch, device=device).repeat_interleave(n)  # item of each local crop
+        strong_local = torch.rand(batch * n, generator=generator, device=device) < self.strong_prob
+        weak_crops = torch.nonzero(~strong_local).squeeze(1)
+        strong_crops = torch.nonzero(strong_local).squeeze(1)
+        n_strong, n_strong_local = strong_items.shape[0], strong_crops.shape[0]
+        strong = horizontal_flip(torch.cat([images255[strong_items], images255[strong_items],
+                                            images255[source[strong_crops]]]), self.hflip, generator)
+        if self.rand_augment is not None and strong.shape[0] > 0:
+            strong = rand_augment(strong, self.rand_augment, self.fill, generator)
+        strong_global, strong_local_images = strong.split([2 * n_strong, n_strong_local])
+        strong1, strong2 = self._strong_crop(strong_global, g, scale, generator).chunk(2)
+
+        student = [torch.empty_like(teacher1), torch.empty_like(teacher2)]
+        student[0][weak_items], student[1][weak_items] = student1, student2
+        student[0][strong_items], student[1][strong_items] = strong1, strong2
+        out = {"teacher_globals": torch.stack([teacher1, teacher2], dim=1),
+               "student_globals": torch.stack(student, dim=1), "weak_flag": weak_flag}
+        if n > 0:
             crops = torch.empty(batch * n, self.channels, self.local_size, self.local_size, device=device)
             crops[weak_crops] = weak_pipeline(unit[source[weak_crops]], self.local_size, self.local_scale, self.hflip,
                                               0.5, 0.0, generator)
-            crops[strong_crops] = self._strong(images255[source[strong_crops]], self.local_size, self.local_scale,
-                                               generator)
+            crops[strong_crops] = self._strong_crop(strong_local_images, self.local_size, self.local_scale, generator)
             out["student_locals"] = crops.view(batch, n, self.channels, self.local_size, self.local_size)
         return out

@@ -198,5 +198,6 @@ class ByteImageDataset(Dataset[dict[str, Any]]):
             return {"image": torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))),
                     "label": self.base.targets[index]}
         item = self.base[index]
-        image = item["image"].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-        return {"image": image, "label": int(item["label"])}
+        # numpy, as data/transforms.py converts: no torch intra-op threads woken for one small image
+        array = np.rint(item["image"].numpy() * 255.0).clip(0, 255).astype(np.uint8)
+        return {"image": torch.from_numpy(array), "label": int(item["label"])}

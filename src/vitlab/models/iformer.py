@@ -42,6 +42,7 @@ __all__ = [
 
 HEAD_DIM = 32  # every stage of every released variant uses 32-channel heads (spec section 2.2)
 CPU_CHUNK_ELEMENTS = 2**21  # on CPU, blocks run on as many images at once as keep the MLP hidden tokens under this
+LEAN_BACKWARD = True  # with autograd on, mixer and MLP keep only their inputs and recompute the cheap rest in backward
 
 
 def _channels_first(tokens: Tensor) -> Tensor:
@@ -65,6 +66,204 @@ def _token_linear(x: Tensor, layer: nn.Linear) -> Tensor:
 def _gelu_owned(x: Tensor) -> Tensor:
     """GELU (exact, erf) of a tensor the caller owns: in place when autograd is off, saving a fresh allocation."""
     return F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
+
+
+def _heads_to_tokens(x: Tensor, height: int, width: int) -> Tensor:
+    """(B, heads, h*w, 32) attention output -> (B, h, w, heads*32) tokens (a copy: heads interleave into channels)."""
+    batch, heads, _, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, height, width, heads * head_dim)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The training path: two autograd functions that keep only their inputs for backward and recompute the cheap rest
+# --------------------------------------------------------------------------------------------------------------------
+#
+# Plain autograd keeps, per block, every intermediate some backward formula reads: in the mixer the 1x1 and depthwise
+# outputs of the high path before and after GELU, the max-pool indices (int64), the (B, H, W, F) concat and its
+# fused depthwise conv; in the MLP the LayerNorm output and the 4C-wide hidden tokens before and after GELU. That is
+# 2.75x DeiT-S's saved bytes at similar FLOPs (stage 1 runs at 56x56 tokens). The functions below keep only the
+# block's own inputs (the LayerNorm output of the mixer, the attention kernel's output, the MLP's input and its
+# 4C-wide pre-activation) and recompute the element-wise ops, pooling, depthwise convs and the small high-path 1x1
+# GEMMs in backward; the big GEMMs (proj, fc1, fc2, qkv) are never recomputed. The forward arithmetic is the modules'
+# own, op for op (under autocast too: the recomputation runs under the forward's autocast state), so outputs are
+# identical and gradients equal up to float rounding (tests/models/test_iformer.py).
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for `device_type`, or None when autocast is off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def _autocast_as(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+    """An autocast context equal to the state `_autocast_dtype` recorded (off when `dtype` is None)."""
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """(..., K) tokens -> (N, K) rows; a view for channel slices of contiguous tokens."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _dwconv_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients (input, weight) of a 3x3 depthwise conv (padding 1, no bias) of (B, H, W, K) channels-last tokens."""
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        _channels_first(grad), _channels_first(x), weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0],
+        weight.shape[0], [True, True, False],
+    )  # fmt: skip
+    return _channels_last(grad_x), grad_w
+
+
+def _fuse_kernel(weight: Tensor) -> Tensor:
+    """The fusion depthwise kernel with 1 added at its centre tap: y + DWConv(y) as one conv."""
+    identity = torch.zeros_like(weight[:1])
+    identity[..., 1, 1] = 1.0
+    return weight + identity
+
+
+def _upsample_concat(parts: Sequence[Tensor], low: Tensor, pool_low: bool) -> Tensor:
+    """concat(parts..., low) over channels of (B, H, W, *) tokens, `low` nearest-upsampled 2x when `pool_low`."""
+    if not pool_low:
+        return torch.cat([*parts, low], dim=-1)
+    batch, height, width, _ = parts[0].shape
+    # nearest 2x upsampling folded into the concat: split H and W into (H/2, 2) and broadcast the low path over the
+    # 2x2 window, so the only copy is the concat itself
+    window = (batch, height // 2, 2, width // 2, 2)
+    low = low[:, :, None, :, None, :].expand(*window, low.shape[-1])
+    fused = torch.cat([p.reshape(*window, p.shape[-1]) for p in parts] + [low], dim=-1)
+    return fused.reshape(batch, height, width, -1)
+
+
+class _InceptionFusion(torch.autograd.Function):
+    """High-frequency path, upsampling, concat, fusion conv and projection of the Inception mixer (spec section 2.2).
+
+    Inputs: `high` (B, H, W, C_h), the LayerNorm output's first C_h channels; `low_heads` (B, heads, h*w, 32), the
+    attention kernel's output; the parameters. Output (B, H, W, C): proj(y + DWConv(y)). Saved for backward: `high`
+    (in the autocast dtype, as the 1x1 layers would keep it), `low_heads` (also saved by the attention kernel) and the
+    parameters; the rest is recomputed.
+    """
+
+    @staticmethod
+    def _recompute(
+        high: Tensor, low_heads: Tensor, params: Sequence[Tensor], pool_low: bool, keep_indices: bool
+    ) -> dict[str, Tensor]:
+        conv_pw_w, conv_dw_w, pool_pw_w, pool_pw_b, fuse_w, proj_w, proj_b = params
+        half = high.shape[-1] // 2
+        conv_pw = F.linear(_rows(high[..., :half]), conv_pw_w).view(*high.shape[:-1], -1)
+        conv_pre = _channels_last(F.conv2d(_channels_first(conv_pw), conv_dw_w, padding=1, groups=conv_pw.shape[-1]))
+        pool_in = _channels_first(high[..., half:])
+        if keep_indices:
+            pooled, indices = F.max_pool2d(pool_in, 3, stride=1, padding=1, return_indices=True)
+        else:
+            pooled, indices = F.max_pool2d(pool_in, 3, stride=1, padding=1), None
+        pooled = _channels_last(pooled)
+        pool_pre = F.linear(_rows(pooled), pool_pw_w, pool_pw_b).view(*pooled.shape[:-1], -1)
+        low_height = high.shape[1] // 2 if pool_low else high.shape[1]
+        low = _heads_to_tokens(low_heads, low_height, low_heads.shape[2] // low_height)
+        y = _upsample_concat([F.gelu(conv_pre), F.gelu(pool_pre)], low, pool_low)
+        z = _channels_last(F.conv2d(_channels_first(y), _fuse_kernel(fuse_w), padding=1, groups=y.shape[-1]))
+        out = F.linear(_rows(z), proj_w, proj_b).view(*z.shape[:-1], -1)
+        parts = dict(conv_pw=conv_pw, conv_pre=conv_pre, pooled=pooled, pool_pre=pool_pre, y=y, z=z, out=out)
+        if indices is not None:
+            parts["indices"] = indices
+        return parts
+
+    @staticmethod
+    def forward(ctx: Any, high: Tensor, low_heads: Tensor, pool_low: bool, *params: Tensor) -> Tensor:
+        ctx.autocast = _autocast_dtype(high.device.type)
+        ctx.pool_low = pool_low
+        ctx.high_dtype = high.dtype
+        out = _InceptionFusion._recompute(high, low_heads, params, pool_low, keep_indices=False)["out"]
+        # the 1x1 layers read `high` in the autocast dtype; max-pooling commutes with that (monotonic) rounding
+        ctx.save_for_backward(high.to(ctx.autocast or high.dtype), low_heads, *params)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        high, low_heads, *params = ctx.saved_tensors
+        conv_pw_w, conv_dw_w, pool_pw_w, _, fuse_w, proj_w, _ = params
+        with torch.no_grad(), _autocast_as(high.device.type, ctx.autocast):
+            parts = _InceptionFusion._recompute(high, low_heads, params, ctx.pool_low, keep_indices=True)
+        dtype = parts["out"].dtype
+        high_dim, low_dim = high.shape[-1], low_heads.shape[1] * low_heads.shape[3]
+        half = high_dim // 2
+
+        grad_out = _rows(grad_out.to(dtype))
+        grad_proj_w, grad_proj_b = grad_out.t() @ _rows(parts["z"]), grad_out.sum(0)
+        grad_z = (grad_out @ proj_w.to(dtype)).view(parts["z"].shape)
+        grad_y, grad_fuse_w = _dwconv_backward(grad_z, parts["y"], _fuse_kernel(fuse_w).to(dtype))
+
+        grad_conv_pre = torch.ops.aten.gelu_backward(grad_y[..., :high_dim], parts["conv_pre"])
+        grad_conv_pw, grad_conv_dw_w = _dwconv_backward(grad_conv_pre, parts["conv_pw"], conv_dw_w.to(dtype))
+        grad_conv_pw = _rows(grad_conv_pw)
+        grad_conv_pw_w = grad_conv_pw.t() @ _rows(high[..., :half]).to(dtype)
+        grad_high_conv = grad_conv_pw @ conv_pw_w.to(dtype)
+
+        grad_pool_pre = _rows(torch.ops.aten.gelu_backward(grad_y[..., high_dim : 2 * high_dim], parts["pool_pre"]))
+        grad_pool_pw_w = grad_pool_pre.t() @ _rows(parts["pooled"]).to(dtype)
+        grad_pool_pw_b = grad_pool_pre.sum(0)
+        # the max-pool's gradient in the dtype of its forward input (overlapping windows add up there); under
+        # autocast the recomputed argmax breaks ties among values equal in the autocast dtype (the forward cannot
+        # tell them apart either: only their rounded maximum reaches the 1x1 layer)
+        grad_pooled = (grad_pool_pre @ pool_pw_w.to(dtype)).view(parts["pooled"].shape).to(ctx.high_dtype)
+        grad_high_pool = torch.ops.aten.max_pool2d_with_indices_backward(
+            _channels_first(grad_pooled), _channels_first(high[..., half:].to(ctx.high_dtype)), [3, 3], [1, 1],
+            [1, 1], [1, 1], False, parts["indices"],
+        )  # fmt: skip
+        grad_high = torch.cat([grad_high_conv.view(*high.shape[:-1], half), _channels_last(grad_high_pool)], dim=-1)
+
+        grad_low = grad_y[..., 2 * high_dim :]
+        batch, height, width, _ = grad_low.shape
+        if ctx.pool_low:  # the nearest upsampling's gradient: the sum over each 2x2 window
+            grad_low = grad_low.reshape(batch, height // 2, 2, width // 2, 2, low_dim).sum(dim=(2, 4))
+        grad_low_heads = grad_low.reshape(batch, -1, low_heads.shape[1], low_heads.shape[3]).transpose(1, 2)
+
+        grads = (grad_conv_pw_w, grad_conv_dw_w, grad_pool_pw_w, grad_pool_pw_b, grad_fuse_w, grad_proj_w, grad_proj_b)
+        return (
+            grad_high.to(ctx.high_dtype),
+            grad_low_heads.to(low_heads.dtype),
+            None,
+            *(g.to(p.dtype) for g, p in zip(grads, params, strict=True)),
+        )
+
+
+class _LayerNormMlp(torch.autograd.Function):
+    """x -> fc2(GELU(fc1(LayerNorm(x)))) on (B, H, W, C) tokens, saving only x and the fc1 output for backward
+    (the LayerNorm output and the GELU output are recomputed)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, eps: float, norm_w: Tensor, norm_b: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor,
+        fc2_b: Tensor,
+    ) -> Tensor:  # fmt: skip
+        ctx.autocast = _autocast_dtype(x.device.type)
+        ctx.eps = eps
+        normed = F.layer_norm(x, x.shape[-1:], norm_w, norm_b, eps)
+        hidden = F.linear(_rows(normed), fc1_w, fc1_b)
+        out = F.linear(F.gelu(hidden), fc2_w, fc2_b).view(*x.shape[:-1], -1)
+        ctx.norm_dtype = normed.dtype
+        ctx.save_for_backward(x, hidden, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, hidden, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b = ctx.saved_tensors
+        dtype = hidden.dtype
+        x_norm = x.to(ctx.norm_dtype)
+        normed, mean, rstd = torch.ops.aten.native_layer_norm(
+            x_norm, [x.shape[-1]], norm_w.to(ctx.norm_dtype), norm_b.to(ctx.norm_dtype), ctx.eps
+        )
+        grad_out = _rows(grad_out.to(dtype))
+        grad_fc2_w, grad_fc2_b = grad_out.t() @ F.gelu(hidden), grad_out.sum(0)
+        grad_hidden = torch.ops.aten.gelu_backward(grad_out @ fc2_w.to(dtype), hidden)
+        grad_fc1_w, grad_fc1_b = grad_hidden.t() @ _rows(normed).to(dtype), grad_hidden.sum(0)
+        grad_normed = (grad_hidden @ fc1_w.to(dtype)).view(x.shape).to(ctx.norm_dtype)
+        grad_x, grad_norm_w, grad_norm_b = torch.ops.aten.native_layer_norm_backward(
+            grad_normed, x_norm, [x.shape[-1]], mean, rstd, norm_w.to(ctx.norm_dtype), norm_b.to(ctx.norm_dtype),
+            [True, True, True],
+        )  # fmt: skip
+        grads = (grad_norm_w, grad_norm_b, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b)
+        params = (norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
+        return grad_x.to(x.dtype), None, *(g.to(p.dtype) for g, p in zip(grads, params, strict=True))
 
 
 class HighFrequencyMixer(nn.Module):
@@ -113,13 +312,23 @@ class LowFrequencyMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C_l) tokens -> (B, H', W', C_l), with (H', W') = (H/2, W/2) when pooling, else (H, W)."""
+        return self.attend(self.pool_tokens(x))
+
+    def pool_tokens(self, x: Tensor) -> Tensor:
+        """(B, H, W, C_l) -> the tokens attention runs on: 2x2 average-pooled when pooling, else `x` itself."""
         if self.pool:
             # AvgPool2d(2, 2, count_include_pad=False); on an even map every window is full
-            x = _channels_last(F.avg_pool2d(_channels_first(x), 2))
-        return self.attend(x)
+            return _channels_last(F.avg_pool2d(_channels_first(x), 2))
+        return x
 
     def attend(self, x: Tensor) -> Tensor:
         """Self-attention among the (B, h, w, C_l) tokens of each image (32-channel heads) -> (B, h, w, C_l)."""
+        batch, height, width, dim = x.shape
+        return _heads_to_tokens(self.attend_heads(x), height, width)
+
+    def attend_heads(self, x: Tensor) -> Tensor:
+        """Self-attention among the (B, h, w, C_l) tokens of each image -> (B, heads, h*w, 32), the attention
+        kernel's own output (which autograd keeps for backward anyway)."""
         batch, height, width, dim = x.shape
         qkv = (
             _token_linear(x, self.qkv)
@@ -128,12 +337,10 @@ class LowFrequencyMixer(nn.Module):
         )
         q, k, v = qkv.unbind(0)  # each (B, heads, N, 32)
         if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            x = attn @ v
-        return x.transpose(1, 2).reshape(batch, height, width, dim)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return attn @ v
 
 
 class InceptionMixer(nn.Module):
@@ -173,26 +380,27 @@ class InceptionMixer(nn.Module):
         """(B, H, W, C) tokens -> (B, H, W, F) concat of the three paths, before fusion."""
         batch, height, width, _ = x.shape
         low = self.low_mixer(x[..., self.high_dim :])
-        if self.pool_low:
-            # nearest 2x upsampling folded into the concat: split H and W into (H/2, 2) and broadcast the low path
-            # over the 2x2 window, so the only copy is the concat itself
-            window = (batch, height // 2, 2, width // 2, 2)
-            parts = [low[:, :, None, :, None, :].expand(*window, self.low_dim)]
-            if self.high_mixer is not None:
-                parts = [p.reshape(*window, self.high_dim) for p in self.high_mixer(x[..., : self.high_dim])] + parts
-            return torch.cat(parts, dim=-1).reshape(batch, height, width, self.fuse_dim)
         if self.high_mixer is None:
-            return low
-        return torch.cat([*self.high_mixer(x[..., : self.high_dim]), low], dim=-1)
+            if not self.pool_low:
+                return low
+            return low[:, :, None, :, None, :].expand(batch, height // 2, 2, width // 2, 2, self.low_dim).reshape(
+                batch, height, width, self.low_dim
+            )
+        return _upsample_concat(self.high_mixer(x[..., : self.high_dim]), low, self.pool_low)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) tokens -> (B, H, W, C); stages 1-2 need even H and W (checked by the stage)."""
+        if torch.is_grad_enabled() and self.high_mixer is not None and LEAN_BACKWARD:
+            low = self.low_mixer.pool_tokens(x[..., self.high_dim :])
+            high = self.high_mixer
+            params = (high.conv_pointwise.weight, high.conv_depthwise.weight, high.pool_pointwise.weight,
+                      high.pool_pointwise.bias, self.fuse_dwconv.weight, self.proj.weight, self.proj.bias)  # fmt: skip
+            out = _InceptionFusion.apply(x[..., : self.high_dim], self.low_mixer.attend_heads(low), self.pool_low,
+                                         *params)  # fmt: skip
+            return self.proj_drop(out)
         y = self.mix(x)
         # y + DWConv(y) is one depthwise conv whose kernel has 1 added at its centre tap: saves a full pass over y
-        kernel = self.fuse_dwconv.weight
-        identity = torch.zeros_like(kernel[:1])
-        identity[..., 1, 1] = 1.0
-        y = F.conv2d(_channels_first(y), kernel + identity, padding=1, groups=self.fuse_dim)
+        y = F.conv2d(_channels_first(y), _fuse_kernel(self.fuse_dwconv.weight), padding=1, groups=self.fuse_dim)
         return self.proj_drop(self.proj(_channels_last(y)))
 
 
@@ -243,10 +451,20 @@ class IFormerBlock(nn.Module):
         """(B, H, W, C) -> (B, H, W, C)."""
         if self.training or torch.is_grad_enabled():
             x = x + self.drop_path1(self.ls1(self.mixer(self.norm1(x))))
-            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+            return x + self.drop_path2(self.ls2(self._normed_mlp(x)))
         # inference: each branch output is a fresh tensor of this block, so scale it and add the residual in place
         x = self._scale_owned(self.ls1, self.mixer(self.norm1(x))).add_(x)
         return self._scale_owned(self.ls2, self.mlp(self.norm2(x))).add_(x)
+
+    def _normed_mlp(self, x: Tensor) -> Tensor:
+        """MLP(LN(x)); with autograd on, through `_LayerNormMlp` (saves x and the fc1 output only) unless dropout
+        is active inside the MLP or the norm is not a LayerNorm."""
+        mlp, norm = self.mlp, self.norm2
+        dropout = self.training and (mlp.drop1.p > 0 or mlp.drop2.p > 0)
+        if not (torch.is_grad_enabled() and LEAN_BACKWARD and isinstance(norm, nn.LayerNorm)) or dropout:
+            return self.mlp(self.norm2(x))
+        return _LayerNormMlp.apply(x, norm.eps, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
+                                   mlp.fc2.bias)  # fmt: skip
 
     @staticmethod
     def _scale_owned(layer_scale: nn.Module, x: Tensor) -> Tensor:
