@@ -337,3 +337,29 @@ def test_the_crops_run_on_the_batch_device() -> None:
     images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8, device="cuda")
     out = _multicrop()(images, torch.Generator(device="cuda").manual_seed(0))
     assert all(v.device.type == "cuda" for v in out.values())
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_output_matches_the_per_image_multicrop_in_distribution(channels: int) -> None:
+    """Teacher, student and local crops of one image, weak and strong pipelines mixed (RandAugment and erasing
+    included): the per-crop mean and spread of intensities agree with MultiCropTransform's."""
+    from vitlab.data.multicrop import MultiCropTransform
+
+    image = _colour_image(24, seed=5)[:channels]
+    args = (16, 8, 2, (0.25, 1.0), (0.05, 0.4), 0.5, 0.5, channels, (0.5,) * channels, (0.25,) * channels)
+    per_image = MultiCropTransform(*args)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    pil = _to_pil(image)
+    items = [per_image(pil) for _ in range(600)]
+    ours = BatchMultiCrop(*args)((image.expand(2000, -1, -1, -1) * 255).round().to(torch.uint8), _gen())
+    assert float(ours["weak_flag"].float().mean()) == pytest.approx(
+        float(np.mean([item["weak_flag"] for item in items])), abs=0.06)
+    for key in ("teacher_globals", "student_globals", "student_locals"):
+        theirs = torch.stack([item[key] for item in items]).flatten(0, 1)
+        mine = ours[key].flatten(0, 1)
+        for stat in (lambda x: x.mean(dim=(1, 2, 3)), lambda x: x.std(dim=(1, 2, 3))):
+            a, b = stat(mine), stat(theirs)
+            assert abs(float(a.mean() - b.mean())) < 0.015, key
+            assert float(a.std()) == pytest.approx(float(b.std()), rel=0.15), key

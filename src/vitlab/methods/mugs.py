@@ -379,6 +379,7 @@ class Mugs(Method[MugsConfig]):
                                 if c.backend == "batch" else None)
         except DataError as exc:  # a setting the batched crops cannot take: a config error naming its key
             raise ConfigError(str(exc)) from None
+        self._crop_calls = (-1, 0)  # (step, batches cropped in it): micro-batches of one step draw different crops
 
     # ---- construction helpers ----------------------------------------------------------------------------------------
     @staticmethod
@@ -514,11 +515,15 @@ class Mugs(Method[MugsConfig]):
     @torch.no_grad()
     def make_crops(self, images: Tensor, progress: Progress) -> dict[str, Tensor]:
         """``method.crops.backend: batch``: the multi-crop of a batch of plain images (B, C, H, W) (uint8 or [0, 1])
-        on their device, drawn from a generator seeded by (train.seed, rank, step), so a resumed run crops alike."""
+        on their device, drawn from a generator seeded by (train.seed, rank, step, batch of the step), so a resumed
+        run crops alike; the last counts the batches of one step (several under ``optim.accum_steps``)."""
         if self.batch_crops is None:
             raise ValueError("Mugs: the batch holds plain images but method.crops.backend is 'pil' (the loader's "
                              "items should already be crops)")
-        seed = int(np.random.SeedSequence([self.cfg.train.seed, rank(), progress.step]).generate_state(1)[0])
+        step, calls = self._crop_calls
+        self._crop_calls = (progress.step, calls + 1 if step == progress.step else 0)
+        seed = int(np.random.SeedSequence([self.cfg.train.seed, rank(), progress.step,
+                                           self._crop_calls[1]]).generate_state(1)[0])
         generator = torch.Generator(device=images.device).manual_seed(seed)
         return self.batch_crops(images, generator)
 
