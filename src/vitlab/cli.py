@@ -210,7 +210,8 @@ class _Parser(argparse.ArgumentParser):
             arguments, self._arguments = self._arguments, None
             arguments(self)
 
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(  # type: ignore[override]  # the same call, without typeshed's overloads
+            self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         self._add_arguments()
         return super().parse_known_args(args, namespace)
 

@@ -320,7 +320,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def _check_without_method(plain: dict[str, Any]) -> None:
+def _check_without_method(plain: dict[Any, Any]) -> None:
     """Every check of the sections other than ``method`` (keys, types, choices, values), made before the method's
     schema is looked up: that imports the methods (and torch), so a mistake in ``data``, ``optim``, ``train``, ...
     is reported in a fraction of a second. An interpolation that needs the method's keys waits for the full check."""

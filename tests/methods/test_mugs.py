@@ -79,6 +79,11 @@ def _method(overrides: list[str] | None = None, backbone: str | None = None) -> 
     return Mugs(cfg, data_info_from(cfg, datasets["train"])), datasets
 
 
+def test_train_compile_compiles_the_student_and_the_teacher() -> None:
+    method, _ = _method()
+    assert method.compiled_modules() == [method.student, method.teacher]
+
+
 def _batch(datasets: dict, n: int, start: int = 0) -> dict:
     from vitlab.engine.seeding import seed_everything
 

@@ -10,6 +10,16 @@ line) imports neither torch nor the readers.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names as type checkers see them; at run time they are imported on first use
+    from vitlab.data.build import build_dataset, dataset_names, register_dataset
+    from vitlab.data.cache import cache_dir
+    from vitlab.data.dataset import DataError, TensorImageDataset, channel_stats, keep_first_per_class
+    from vitlab.data.digits import DigitsSplit, load_digits_split
+    from vitlab.data.glyphs import GLYPH_CLASSES, GLYPH_FONTS, TEST_FONTS, GlyphDataset, fewshot_classes, render_glyph
+    from vitlab.data.image_folder import ImageFolderDataset
+    from vitlab.data.transforms import TrainTransform, build_mixup
 
 _EXPORTS = {
     "GLYPH_CLASSES": "vitlab.data.glyphs",
@@ -32,7 +42,27 @@ _EXPORTS = {
     "register_dataset": "vitlab.data.build",
     "render_glyph": "vitlab.data.glyphs",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "GLYPH_CLASSES",
+    "GLYPH_FONTS",
+    "TEST_FONTS",
+    "DataError",
+    "DigitsSplit",
+    "GlyphDataset",
+    "ImageFolderDataset",
+    "TensorImageDataset",
+    "TrainTransform",
+    "build_dataset",
+    "build_mixup",
+    "cache_dir",
+    "channel_stats",
+    "dataset_names",
+    "fewshot_classes",
+    "keep_first_per_class",
+    "load_digits_split",
+    "register_dataset",
+    "render_glyph",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ class SpeedSettings:
     """The resolved ``train.compile``, ``train.matmul_precision`` and ``train.channels_last`` of a run."""
 
     compile: bool
-    matmul_precision: str  # highest | high | medium (torch.set_float32_matmul_precision)
+    matmul_precision: Literal["highest", "high", "medium"]  # torch.set_float32_matmul_precision
     channels_last: bool
 
 
@@ -50,6 +50,7 @@ def resolve_speed(train: TrainConfig, device_type: str, method: nn.Module) -> Sp
     cuda = device_type == "cuda"
     compile_ = cuda if train.compile == "auto" else bool(train.compile)
     precision = ("high" if cuda else "highest") if train.matmul_precision == "auto" else train.matmul_precision
+    precision = cast(Literal["highest", "high", "medium"], precision)  # "auto" is resolved above
     channels_last = (cuda and holds_conv2d(method)) if train.channels_last == "auto" else bool(train.channels_last)
     return SpeedSettings(compile=compile_, matmul_precision=precision, channels_last=channels_last)
 

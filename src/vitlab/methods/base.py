@@ -173,7 +173,8 @@ class Method(nn.Module, Generic[C]):
 
     def compiled_modules(self) -> list[nn.Module]:
         """The modules ``train.compile`` compiles (``nn.Module.compile``, in place): by default the trained model. A
-        method whose step runs other heavy modules (a teacher, a generator) lists them too."""
+        method whose step runs other heavy modules (a teacher, a generator) lists them too. Compilation applies to a
+        module's call, ``module(x)``: a method that reaches inside (``module.forward_features(x)``) gains nothing."""
         return [self.trainable_model()]
 
     def param_groups(self) -> list[dict[str, Any]]:

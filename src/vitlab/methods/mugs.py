@@ -506,6 +506,10 @@ class Mugs(Method[MugsConfig]):
     def trainable_model(self) -> nn.Module:
         return self.student
 
+    def compiled_modules(self) -> list[nn.Module]:
+        """``train.compile``: the student and the momentum teacher, as both run on every step."""
+        return [self.student, self.teacher]
+
     def train(self, mode: bool = True) -> Mugs:
         super().train(mode)
         self.teacher.eval()  # the teacher never drops paths (it is built without drop path in the official code)
