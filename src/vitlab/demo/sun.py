@@ -75,7 +75,7 @@ def _draw_views(base: Any, sca: Callable[[Tensor], tuple[Tensor, Tensor]], epoch
     as tensors (T, S, labels) so that the three models train on the same views without re-augmenting."""
     images = [base[i]["image"] for i in range(len(base))]
     labels = torch.as_tensor([int(base[i]["label"]) for i in range(len(base))])
-    passes = []
+    passes: list[tuple[Tensor, ...]] = []
     for _ in range(epochs):
         pairs = [sca(image) for image in images]
         passes.append((torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), labels))
