@@ -180,8 +180,11 @@ def _sun_files(folder: str, rows: tuple[str, ...]) -> tuple[str, ...]:
 
 SUN_FILES = _sun_files("sun", ("baseline", "sun", "sun_patch", "sun_bgf", "cnn"))
 SUN_WRITER = "python experiments/sun_plan.py --seeds 0 1 2 --scale 0.2"
-SUN_GLYPHS_FILES = _sun_files("sun/glyphs", ("baseline", "sun"))
+SUN_GLYPHS_FILES = _sun_files("sun/glyphs", ("baseline", "sun", "sun_patch", "sun_bgf", "cnn"))
 SUN_GLYPHS_WRITER = "python experiments/sun_plan.py --data glyphs --seeds 0 1 2 --scale 0.1"
+SUN_GLYPHS_S03_FILES = _sun_files("sun/glyphs_scale0.3", ("baseline", "sun"))
+SUN_GLYPHS_S03_WRITER = ("python experiments/sun_plan.py --data glyphs --seeds 0 1 2 --scale 0.3 "
+                         "--results results/sun/glyphs_scale0.3")
 
 
 def _seed_stats(values: list[float]) -> tuple[float, float]:
@@ -440,6 +443,7 @@ TABLES: dict[str, Table] = {
     "rift_step": Table(("benchmarks/rift_step.json",), rift_step,
                        "python benchmarks/bench_rift.py --steps 5 --threads 2 --out results/benchmarks/rift_step.json"),
     "sun_fewshot_glyphs": Table(SUN_GLYPHS_FILES, sun_fewshot, SUN_GLYPHS_WRITER),
+    "sun_fewshot_glyphs_scale03": Table(SUN_GLYPHS_S03_FILES, sun_fewshot, SUN_GLYPHS_S03_WRITER),
     "sun_step": Table(("benchmarks/sun_step.json",), sun_step,
                       "python benchmarks/bench_sun.py --steps 15 --threads 2 --out results/benchmarks/sun_step.json"),
     "transzero_digits": Table(TZ_FILES, transzero_digits, TZ_WRITER),
