@@ -501,6 +501,13 @@ def test_layer_norm_mlp_gradcheck(scaled: bool) -> None:
     assert torch.autograd.gradcheck(iformer_module._LayerNormMlp.apply, inputs)
 
 
+def test_average_pool_2x2_gradcheck() -> None:
+    x = torch.randn(2, 4, 6, 3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(iformer_module._AveragePool2x2.apply(x),
+                               F.avg_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1))  # fmt: skip
+    assert torch.autograd.gradcheck(iformer_module._AveragePool2x2.apply, (x,))
+
+
 def test_lean_backward_saves_less(monkeypatch: pytest.MonkeyPatch) -> None:
     """The point of the lean path: fewer bytes kept for backward (parameters left out)."""
     model = build_test().train()

@@ -157,6 +157,23 @@ def _scaled_linear_backward(
     return grad_x, layer_scale[:, None] * products, layer_scale * grad_bias_unscaled, grad_scale
 
 
+class _AveragePool2x2(torch.autograd.Function):
+    """2x2 average pooling (stride 2) of (B, H, W, C) tokens with even H and W, keeping nothing for backward.
+
+    Autograd's avg_pool2d keeps its input for backward although only its shape is needed; that input is the block's
+    LayerNorm output, kept in float32 under autocast (the only other copy kept is the autocast-dtype high slice)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return _channels_last(F.avg_pool2d(_channels_first(x), 2))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        batch, height, width, channels = grad.shape
+        window = grad[:, :, None, :, None, :].expand(batch, height, 2, width, 2, channels)
+        return window.reshape(batch, 2 * height, 2 * width, channels) * 0.25
+
+
 class _InceptionFusion(torch.autograd.Function):
     """High-frequency path, upsampling, concat, fusion conv and projection of the Inception mixer (spec section 2.2).
 
@@ -352,10 +369,12 @@ class LowFrequencyMixer(nn.Module):
 
     def pool_tokens(self, x: Tensor) -> Tensor:
         """(B, H, W, C_l) -> the tokens attention runs on: 2x2 average-pooled when pooling, else `x` itself."""
-        if self.pool:
-            # AvgPool2d(2, 2, count_include_pad=False); on an even map every window is full
-            return _channels_last(F.avg_pool2d(_channels_first(x), 2))
-        return x
+        if not self.pool:
+            return x
+        # AvgPool2d(2, 2, count_include_pad=False); on an even map every window is full
+        if torch.is_grad_enabled() and LEAN_BACKWARD:
+            return _AveragePool2x2.apply(x)
+        return _channels_last(F.avg_pool2d(_channels_first(x), 2))
 
     def attend(self, x: Tensor) -> Tensor:
         """Self-attention among the (B, h, w, C_l) tokens of each image (32-channel heads) -> (B, h, w, C_l)."""
