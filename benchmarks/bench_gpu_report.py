@@ -66,7 +66,8 @@ def rows(out: Path) -> list[str]:
             continue
         precision = record["precision"]
         if record["precision_used"] != precision:
-            precision += f" (ran as {record['precision_used']}: no fp16 autocast on the CPU)"
+            reason = "no fp16 autocast on the CPU" if precision == "16-mixed" else "dry run on the CPU"
+            precision += f" (ran as {record['precision_used']}: {reason})"
         status = record["status"] + ("" if record["exit"] == 0 else f" (exit {record['exit']}, {record['log']})")
         if name == "train_step":
             table += _train_step_rows(out, precision, status, record["seconds"])
