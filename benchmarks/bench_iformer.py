@@ -13,12 +13,15 @@ Measures, in one run and interleaved round by round (so that load from other pro
         --official /tmp/official_iformer/inception_transformer.py
 
 The official file is never part of vitlab: fetch it yourself and point --official at it. Its timm 0.5 imports are
-patched in memory for timm 1.0, and its models are not registered in timm's registry.
+patched in memory for timm 1.0, and its models are not registered in timm's registry. The output check runs in full
+float32 (TF32 off for cuDNN and matrix products, restored afterwards), so it holds on CUDA as on CPU; the timed
+rounds keep torch's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -27,7 +30,7 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import timm
@@ -93,6 +96,29 @@ def perturbed_official_pair(official_path: Path, seed: int = 0) -> tuple[nn.Modu
     ours = timm.create_model(OURS).eval()
     ours.load_state_dict(checkpoint_filter_fn(official.state_dict(), ours))
     return official, ours
+
+
+@contextlib.contextmanager
+def full_fp32_precision() -> Iterator[None]:
+    """Full float32 arithmetic inside (no TF32 in cuDNN convolutions or matrix products, 'highest' matmul
+    precision), restoring the previous settings on exit. On CUDA the defaults let convolutions use TF32 (10-bit
+    mantissa), whose rounding alone exceeds the 1e-5 tolerance of the official-vs-vitlab output check."""
+    previous = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                torch.get_float32_matmul_precision())  # fmt: skip
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous[:2]
+        torch.set_float32_matmul_precision(previous[2])
+
+
+def output_difference(official: nn.Module, ours: nn.Module, x: torch.Tensor) -> float:
+    """max |official(x) - ours(x)| in full float32 precision (the check's tolerance, 1e-5, assumes it)."""
+    with full_fp32_precision(), torch.inference_mode():
+        return (official.to(x.device)(x) - ours.to(x.device)(x)).abs().max().item()
 
 
 def fvcore_flops(name: str, img_size: int, official_path: Path | None) -> float:
@@ -191,12 +217,11 @@ def main() -> None:
 
     if args.official:
         official, ours = perturbed_official_pair(args.official)
-        with torch.inference_mode():
-            diff = (official.to(device)(x) - ours.to(device)(x)).abs().max().item()
+        diff = output_difference(official, ours, x)
         status = "OK" if diff <= 1e-5 else "FAILED"
         print(
-            f"output check, official vs vitlab iFormer-S, same weights, batch {args.batch_size}: "
-            f"max |diff| = {diff:.2e} ({status}, tolerance 1e-5)"
+            f"output check, official vs vitlab iFormer-S, same weights, batch {args.batch_size}, full fp32 (no "
+            f"TF32): max |diff| = {diff:.2e} ({status}, tolerance 1e-5)"
         )
         del official, ours
 

@@ -364,6 +364,40 @@ def cli_startup(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def iformer_train_step(results: list[dict[str, Any]]) -> str:
+    """Before vs after the memory-lean training path of iFormer (issue 18): per file and model the median step, the
+    paired ratio to DeiT-S's step, the ratio of the fastest steps (the load-robust figure on a shared machine), and
+    the bytes saved for backward in fp32 and under bf16 autocast; then one summary line."""
+    after, before = results
+    rows = [f"| code | model ({after['device_name']}, {after['threads']} threads, batch {after['batch']} at "
+            f"{after['img_size']} px, amp {after['amp']}) | rounds | step (s) | min-max (s) | step / DeiT-S step "
+            "(paired median) | fastest step / DeiT-S fastest | saved for backward, fp32 (MiB) | saved, bf16 autocast "
+            "(MiB) | peak memory (MiB) | load average |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for label, r in (("before", before), ("after", after)):
+        reference = next(row for row in r["rows"] if row["model"] == r["reference"])
+        load = f"{r['load_average_before'][0]} → {r['load_average_after'][0]}"
+        for row in r["rows"]:
+            fastest = row["min_s"] / reference["min_s"]
+            bf16 = row.get("saved_mib_bf16")
+            peak = "—" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+            rows.append(f"| {label} ({r['commit']}) | {TRAIN_STEP_LABELS.get(row['model'], row['model'])} | "
+                        f"{r['rounds']} | {row['step_s']:.2f} | {row['min_s']:.2f}-{row['max_s']:.2f} | "
+                        f"{row['ratio_to_reference']:.2f} | {fastest:.2f} | {row['saved_mib']:.0f} | "
+                        f"{'—' if bf16 is None else f'{bf16:.0f}'} | {peak} | {load} |")
+            if row["model"] == "iformer_small":
+                summary[label] = (row["ratio_to_reference"], fastest, row["saved_mib"], bf16, reference)
+    ratio_0, fast_0, saved_0, bf16_0, _ = summary["before"]
+    ratio_1, fast_1, saved_1, bf16_1, deit_1 = summary["after"]
+    line = (f"iFormer-S step / DeiT-S step: {ratio_0:.2f} → {ratio_1:.2f} (paired median), {fast_0:.2f} → "
+            f"{fast_1:.2f} (fastest steps); saved for backward, fp32: {saved_0:.0f} → {saved_1:.0f} MiB "
+            f"({saved_1 / deit_1['saved_mib']:.2f}x DeiT-S's {deit_1['saved_mib']:.0f})")
+    if bf16_0 is not None and bf16_1 is not None:
+        line += (f"; bf16 autocast: {bf16_0:.0f} → {bf16_1:.0f} MiB ({bf16_1 / deit_1['saved_mib_bf16']:.2f}x "
+                 f"DeiT-S's {deit_1['saved_mib_bf16']:.0f})")
+    return "\n".join(rows) + "\n\n" + line + "."
+
+
 def reliability_bad_inputs(results: list[dict[str, Any]]) -> str:
     """Issue 19's mistakes through the real command: exit code and what it printed (experiments/bad_inputs.py)."""
     rows = ["| mistake | exit | stderr |", "| --- | --- | --- |"]
@@ -459,6 +493,12 @@ TABLES: dict[str, Table] = {
     "cli_startup": Table(("benchmarks/cli.json",), cli_startup,
                          "python benchmarks/bench_cli.py --before dcef215 --runs 5 --threads 2 "
                          "--out results/benchmarks/cli.json"),
+
+
+    "iformer_train_step": Table(("benchmarks/iformer_train_step.json", "benchmarks/iformer_train_step_before.json"),
+                                iformer_train_step,
+                                "python benchmarks/bench_train_step.py --threads 2 --batch-size 8 --rounds 7 "
+                                "--out results/benchmarks/iformer_train_step.json"),
     "reliability_bad_inputs": Table(("reliability/bad_inputs.json",), reliability_bad_inputs,
                                     "python experiments/bad_inputs.py"),
     "loader_speed": Table(("benchmarks/loader.json",), loader_speed,

@@ -471,8 +471,8 @@ def test_lean_backward_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> N
         assert lean_vs_plain <= max(plain_vs_fp32, 1e-3), name
 
 
-@pytest.mark.parametrize("pool_low", [True, False])
-def test_inception_fusion_gradcheck(pool_low: bool) -> None:
+@pytest.mark.parametrize("pool_low,scaled", [(True, False), (False, True)])
+def test_inception_fusion_gradcheck(pool_low: bool, scaled: bool) -> None:
     """Finite differences in float64 against the hand-written backward of `_InceptionFusion`."""
     torch.manual_seed(0)
     high_dim, heads, height, width = 4, 2, 4, 6
@@ -482,20 +482,30 @@ def test_inception_fusion_gradcheck(pool_low: bool) -> None:
     def rand(*shape: int) -> Tensor:
         return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
-    inputs = (rand(2, height, width, high_dim), rand(2, heads, low_tokens, 32), pool_low,
+    layer_scale = rand(5) if scaled else None
+    inputs = (rand(2, height, width, high_dim), rand(2, heads, low_tokens, 32), layer_scale, pool_low,
               rand(high_dim, high_dim // 2), rand(high_dim, 1, 3, 3), rand(high_dim, high_dim // 2), rand(high_dim),
               rand(fused, 1, 3, 3), rand(5, fused), rand(5))  # fmt: skip
     assert torch.autograd.gradcheck(iformer_module._InceptionFusion.apply, inputs)
 
 
-def test_layer_norm_mlp_gradcheck() -> None:
+@pytest.mark.parametrize("scaled", [False, True])
+def test_layer_norm_mlp_gradcheck(scaled: bool) -> None:
     torch.manual_seed(0)
 
     def rand(*shape: int) -> Tensor:
         return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
-    inputs = (rand(2, 3, 5, 6), 1e-6, rand(6), rand(6), rand(24, 6), rand(24), rand(6, 24), rand(6))
+    layer_scale = rand(6) if scaled else None
+    inputs = (rand(2, 3, 5, 6), 1e-6, layer_scale, rand(6), rand(6), rand(24, 6), rand(24), rand(6, 24), rand(6))
     assert torch.autograd.gradcheck(iformer_module._LayerNormMlp.apply, inputs)
+
+
+def test_average_pool_2x2_gradcheck() -> None:
+    x = torch.randn(2, 4, 6, 3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(iformer_module._AveragePool2x2.apply(x),
+                               F.avg_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1))  # fmt: skip
+    assert torch.autograd.gradcheck(iformer_module._AveragePool2x2.apply, (x,))
 
 
 def test_lean_backward_saves_less(monkeypatch: pytest.MonkeyPatch) -> None:

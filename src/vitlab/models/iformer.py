@@ -133,18 +133,65 @@ def _upsample_concat(parts: Sequence[Tensor], low: Tensor, pool_low: bool) -> Te
     return fused.reshape(batch, height, width, -1)
 
 
+def _scaled_linear(x: Tensor, weight: Tensor, bias: Tensor, layer_scale: Tensor | None) -> Tensor:
+    """Linear over the last dim of (..., K) tokens, then LayerScale (x * gamma, as timm's) when given."""
+    out = F.linear(_rows(x), weight, bias).view(*x.shape[:-1], -1)
+    return out if layer_scale is None else out * layer_scale
+
+
+def _scaled_linear_backward(
+    grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor, layer_scale: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients (x, weight, bias, layer_scale) of `_scaled_linear`, its matrix products in `dtype`, without
+    keeping its output: d gamma_c = sum_t g_tc (x_t . W_c + b_c) = (g^T x)_c . W_c + b_c sum_t g_tc reuses the
+    weight gradient's product g^T x."""
+    grad_out, x = _rows(grad_out), _rows(x)
+    if layer_scale is None:
+        grad_out = grad_out.to(dtype)
+        grad_x = (grad_out @ weight.to(dtype)).view(*x.shape[:-1], -1)
+        return grad_x, grad_out.t() @ x.to(dtype), grad_out.sum(0), None
+    products = (grad_out.to(dtype).t() @ x.to(dtype)).to(weight.dtype)  # g^T x, (C_out, C_in)
+    grad_bias_unscaled = grad_out.sum(0).to(weight.dtype)
+    grad_scale = (products * weight).sum(1) + bias * grad_bias_unscaled
+    grad_x = grad_out.to(dtype) @ (layer_scale[:, None] * weight).to(dtype)
+    return grad_x, layer_scale[:, None] * products, layer_scale * grad_bias_unscaled, grad_scale
+
+
+class _AveragePool2x2(torch.autograd.Function):
+    """2x2 average pooling (stride 2) of (B, H, W, C) tokens with even H and W, keeping nothing for backward.
+
+    Autograd's avg_pool2d keeps its input for backward although only its shape is needed; that input is the block's
+    LayerNorm output, kept in float32 under autocast (the only other copy kept is the autocast-dtype high slice)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return _channels_last(F.avg_pool2d(_channels_first(x), 2))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        batch, height, width, channels = grad.shape
+        window = grad[:, :, None, :, None, :].expand(batch, height, 2, width, 2, channels)
+        return window.reshape(batch, 2 * height, 2 * width, channels) * 0.25
+
+
 class _InceptionFusion(torch.autograd.Function):
     """High-frequency path, upsampling, concat, fusion conv and projection of the Inception mixer (spec section 2.2).
 
     Inputs: `high` (B, H, W, C_h), the LayerNorm output's first C_h channels; `low_heads` (B, heads, h*w, 32), the
-    attention kernel's output; the parameters. Output (B, H, W, C): proj(y + DWConv(y)). Saved for backward: `high`
-    (in the autocast dtype, as the 1x1 layers would keep it), `low_heads` (also saved by the attention kernel) and the
-    parameters; the rest is recomputed.
+    attention kernel's output; the block's LayerScale gamma (or None); the parameters. Output (B, H, W, C):
+    proj(y + DWConv(y)), times gamma (LayerScale folded in, so that its input need not be kept). Saved for backward:
+    `high` (in the autocast dtype, as the 1x1 layers would keep it), `low_heads` (also saved by the attention kernel)
+    and the parameters; the rest is recomputed.
     """
 
     @staticmethod
     def _recompute(
-        high: Tensor, low_heads: Tensor, params: Sequence[Tensor], pool_low: bool, keep_indices: bool
+        high: Tensor,
+        low_heads: Tensor,
+        layer_scale: Tensor | None,
+        params: Sequence[Tensor],
+        pool_low: bool,
+        keep_indices: bool,
     ) -> dict[str, Tensor]:
         conv_pw_w, conv_dw_w, pool_pw_w, pool_pw_b, fuse_w, proj_w, proj_b = params
         half = high.shape[-1] // 2
@@ -161,35 +208,39 @@ class _InceptionFusion(torch.autograd.Function):
         low = _heads_to_tokens(low_heads, low_height, low_heads.shape[2] // low_height)
         y = _upsample_concat([F.gelu(conv_pre), F.gelu(pool_pre)], low, pool_low)
         z = _channels_last(F.conv2d(_channels_first(y), _fuse_kernel(fuse_w), padding=1, groups=y.shape[-1]))
-        out = F.linear(_rows(z), proj_w, proj_b).view(*z.shape[:-1], -1)
-        parts = dict(conv_pw=conv_pw, conv_pre=conv_pre, pooled=pooled, pool_pre=pool_pre, y=y, z=z, out=out)
-        if indices is not None:
+        parts = dict(conv_pw=conv_pw, conv_pre=conv_pre, pooled=pooled, pool_pre=pool_pre, y=y, z=z)
+        if keep_indices:  # backward: everything but the projection, whose output it does not need
             parts["indices"] = indices
+        else:
+            parts["out"] = _scaled_linear(z, proj_w, proj_b, layer_scale)
         return parts
 
     @staticmethod
-    def forward(ctx: Any, high: Tensor, low_heads: Tensor, pool_low: bool, *params: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, high: Tensor, low_heads: Tensor, layer_scale: Tensor | None, pool_low: bool, *params: Tensor
+    ) -> Tensor:
         ctx.autocast = _autocast_dtype(high.device.type)
         ctx.pool_low = pool_low
         ctx.high_dtype = high.dtype
-        out = _InceptionFusion._recompute(high, low_heads, params, pool_low, keep_indices=False)["out"]
+        out = _InceptionFusion._recompute(high, low_heads, layer_scale, params, pool_low, keep_indices=False)["out"]
         # the 1x1 layers read `high` in the autocast dtype; max-pooling commutes with that (monotonic) rounding
-        ctx.save_for_backward(high.to(ctx.autocast or high.dtype), low_heads, *params)
+        ctx.save_for_backward(high.to(ctx.autocast or high.dtype), low_heads, layer_scale, *params)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        high, low_heads, *params = ctx.saved_tensors
-        conv_pw_w, conv_dw_w, pool_pw_w, _, fuse_w, proj_w, _ = params
+        high, low_heads, layer_scale, *params = ctx.saved_tensors
+        conv_pw_w, conv_dw_w, pool_pw_w, _, fuse_w, proj_w, proj_b = params
         with torch.no_grad(), _autocast_as(high.device.type, ctx.autocast):
-            parts = _InceptionFusion._recompute(high, low_heads, params, ctx.pool_low, keep_indices=True)
-        dtype = parts["out"].dtype
+            parts = _InceptionFusion._recompute(high, low_heads, None, params, ctx.pool_low, keep_indices=True)
+        dtype = parts["z"].dtype
         high_dim, low_dim = high.shape[-1], low_heads.shape[1] * low_heads.shape[3]
         half = high_dim // 2
 
-        grad_out = _rows(grad_out.to(dtype))
-        grad_proj_w, grad_proj_b = grad_out.t() @ _rows(parts["z"]), grad_out.sum(0)
-        grad_z = (grad_out @ proj_w.to(dtype)).view(parts["z"].shape)
+        grad_z, grad_proj_w, grad_proj_b, grad_scale = _scaled_linear_backward(
+            grad_out, parts["z"], proj_w, proj_b, layer_scale, dtype
+        )
+        grad_z = grad_z.view(parts["z"].shape)
         grad_y, grad_fuse_w = _dwconv_backward(grad_z, parts["y"], _fuse_kernel(fuse_w).to(dtype))
 
         grad_conv_pre = torch.ops.aten.gelu_backward(grad_y[..., :high_dim], parts["conv_pre"])
@@ -221,40 +272,42 @@ class _InceptionFusion(torch.autograd.Function):
         return (
             grad_high.to(ctx.high_dtype),
             grad_low_heads.to(low_heads.dtype),
+            grad_scale,
             None,
             *(g.to(p.dtype) for g, p in zip(grads, params, strict=True)),
         )
 
 
 class _LayerNormMlp(torch.autograd.Function):
-    """x -> fc2(GELU(fc1(LayerNorm(x)))) on (B, H, W, C) tokens, saving only x and the fc1 output for backward
-    (the LayerNorm output and the GELU output are recomputed)."""
+    """x -> fc2(GELU(fc1(LayerNorm(x)))) [* gamma] on (B, H, W, C) tokens, saving only x and the fc1 output for
+    backward (the LayerNorm output and the GELU output are recomputed; LayerScale, when given, is folded in)."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, eps: float, norm_w: Tensor, norm_b: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor,
-        fc2_b: Tensor,
+        ctx: Any, x: Tensor, eps: float, layer_scale: Tensor | None, norm_w: Tensor, norm_b: Tensor, fc1_w: Tensor,
+        fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor,
     ) -> Tensor:  # fmt: skip
         ctx.autocast = _autocast_dtype(x.device.type)
         ctx.eps = eps
         normed = F.layer_norm(x, x.shape[-1:], norm_w, norm_b, eps)
         hidden = F.linear(_rows(normed), fc1_w, fc1_b)
-        out = F.linear(F.gelu(hidden), fc2_w, fc2_b).view(*x.shape[:-1], -1)
+        out = _scaled_linear(F.gelu(hidden), fc2_w, fc2_b, layer_scale).view(*x.shape[:-1], -1)
         ctx.norm_dtype = normed.dtype
-        ctx.save_for_backward(x, hidden, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
+        ctx.save_for_backward(x, hidden, layer_scale, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, hidden, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b = ctx.saved_tensors
+        x, hidden, layer_scale, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b = ctx.saved_tensors
         dtype = hidden.dtype
         x_norm = x.to(ctx.norm_dtype)
         normed, mean, rstd = torch.ops.aten.native_layer_norm(
             x_norm, [x.shape[-1]], norm_w.to(ctx.norm_dtype), norm_b.to(ctx.norm_dtype), ctx.eps
         )
-        grad_out = _rows(grad_out.to(dtype))
-        grad_fc2_w, grad_fc2_b = grad_out.t() @ F.gelu(hidden), grad_out.sum(0)
-        grad_hidden = torch.ops.aten.gelu_backward(grad_out @ fc2_w.to(dtype), hidden)
+        grad_activated, grad_fc2_w, grad_fc2_b, grad_scale = _scaled_linear_backward(
+            grad_out, F.gelu(hidden), fc2_w, fc2_b, layer_scale, dtype
+        )
+        grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden)
         grad_fc1_w, grad_fc1_b = grad_hidden.t() @ _rows(normed).to(dtype), grad_hidden.sum(0)
         grad_normed = (grad_hidden @ fc1_w.to(dtype)).view(x.shape).to(ctx.norm_dtype)
         grad_x, grad_norm_w, grad_norm_b = torch.ops.aten.native_layer_norm_backward(
@@ -263,7 +316,7 @@ class _LayerNormMlp(torch.autograd.Function):
         )  # fmt: skip
         grads = (grad_norm_w, grad_norm_b, grad_fc1_w, grad_fc1_b, grad_fc2_w, grad_fc2_b)
         params = (norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
-        return grad_x.to(x.dtype), None, *(g.to(p.dtype) for g, p in zip(grads, params, strict=True))
+        return grad_x.to(x.dtype), None, grad_scale, *(g.to(p.dtype) for g, p in zip(grads, params, strict=True))
 
 
 class HighFrequencyMixer(nn.Module):
@@ -316,10 +369,12 @@ class LowFrequencyMixer(nn.Module):
 
     def pool_tokens(self, x: Tensor) -> Tensor:
         """(B, H, W, C_l) -> the tokens attention runs on: 2x2 average-pooled when pooling, else `x` itself."""
-        if self.pool:
-            # AvgPool2d(2, 2, count_include_pad=False); on an even map every window is full
-            return _channels_last(F.avg_pool2d(_channels_first(x), 2))
-        return x
+        if not self.pool:
+            return x
+        # AvgPool2d(2, 2, count_include_pad=False); on an even map every window is full
+        if torch.is_grad_enabled() and LEAN_BACKWARD:
+            return _AveragePool2x2.apply(x)
+        return _channels_last(F.avg_pool2d(_channels_first(x), 2))
 
     def attend(self, x: Tensor) -> Tensor:
         """Self-attention among the (B, h, w, C_l) tokens of each image (32-channel heads) -> (B, h, w, C_l)."""
@@ -388,20 +443,22 @@ class InceptionMixer(nn.Module):
             )
         return _upsample_concat(self.high_mixer(x[..., : self.high_dim]), low, self.pool_low)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, H, W, C) tokens -> (B, H, W, C); stages 1-2 need even H and W (checked by the stage)."""
-        if torch.is_grad_enabled() and self.high_mixer is not None and LEAN_BACKWARD:
+    def forward(self, x: Tensor, layer_scale: Tensor | None = None) -> Tensor:
+        """(B, H, W, C) tokens -> (B, H, W, C), times `layer_scale` (C,) when given (the block's LayerScale gamma);
+        stages 1-2 need even H and W (checked by the stage)."""
+        dropout = self.training and self.proj_drop.p > 0
+        if torch.is_grad_enabled() and LEAN_BACKWARD and self.high_mixer is not None and not dropout:
             low = self.low_mixer.pool_tokens(x[..., self.high_dim :])
             high = self.high_mixer
             params = (high.conv_pointwise.weight, high.conv_depthwise.weight, high.pool_pointwise.weight,
                       high.pool_pointwise.bias, self.fuse_dwconv.weight, self.proj.weight, self.proj.bias)  # fmt: skip
-            out = _InceptionFusion.apply(x[..., : self.high_dim], self.low_mixer.attend_heads(low), self.pool_low,
-                                         *params)  # fmt: skip
-            return self.proj_drop(out)
+            return _InceptionFusion.apply(x[..., : self.high_dim], self.low_mixer.attend_heads(low), layer_scale,
+                                          self.pool_low, *params)  # fmt: skip
         y = self.mix(x)
         # y + DWConv(y) is one depthwise conv whose kernel has 1 added at its centre tap: saves a full pass over y
         y = F.conv2d(_channels_first(y), _fuse_kernel(self.fuse_dwconv.weight), padding=1, groups=self.fuse_dim)
-        return self.proj_drop(self.proj(_channels_last(y)))
+        y = self.proj_drop(self.proj(_channels_last(y)))
+        return y if layer_scale is None else y * layer_scale
 
 
 class IFormerMlp(nn.Module):
@@ -450,21 +507,26 @@ class IFormerBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         if self.training or torch.is_grad_enabled():
-            x = x + self.drop_path1(self.ls1(self.mixer(self.norm1(x))))
-            return x + self.drop_path2(self.ls2(self._normed_mlp(x)))
+            x = x + self.drop_path1(self.mixer(self.norm1(x), self._gamma(self.ls1)))
+            return x + self.drop_path2(self._normed_mlp(x, self._gamma(self.ls2)))
         # inference: each branch output is a fresh tensor of this block, so scale it and add the residual in place
         x = self._scale_owned(self.ls1, self.mixer(self.norm1(x))).add_(x)
         return self._scale_owned(self.ls2, self.mlp(self.norm2(x))).add_(x)
 
-    def _normed_mlp(self, x: Tensor) -> Tensor:
-        """MLP(LN(x)); with autograd on, through `_LayerNormMlp` (saves x and the fc1 output only) unless dropout
-        is active inside the MLP or the norm is not a LayerNorm."""
+    @staticmethod
+    def _gamma(layer_scale: nn.Module) -> Tensor | None:
+        return layer_scale.gamma if isinstance(layer_scale, LayerScale) else None
+
+    def _normed_mlp(self, x: Tensor, layer_scale: Tensor | None) -> Tensor:
+        """MLP(LN(x)) * layer_scale; with autograd on, through `_LayerNormMlp` (saves x and the fc1 output only)
+        unless dropout is active inside the MLP or the norm is not a LayerNorm."""
         mlp, norm = self.mlp, self.norm2
         dropout = self.training and (mlp.drop1.p > 0 or mlp.drop2.p > 0)
         if not (torch.is_grad_enabled() and LEAN_BACKWARD and isinstance(norm, nn.LayerNorm)) or dropout:
-            return self.mlp(self.norm2(x))
-        return _LayerNormMlp.apply(x, norm.eps, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
-                                   mlp.fc2.bias)  # fmt: skip
+            y = self.mlp(self.norm2(x))
+            return y if layer_scale is None else y * layer_scale
+        return _LayerNormMlp.apply(x, norm.eps, layer_scale, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias,
+                                   mlp.fc2.weight, mlp.fc2.bias)  # fmt: skip
 
     @staticmethod
     def _scale_owned(layer_scale: nn.Module, x: Tensor) -> Tensor:
