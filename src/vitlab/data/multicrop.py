@@ -136,6 +136,13 @@ class MultiCropTransform:
         return out
 
 
+
+def _inherit_attributes(wrapper: object, base: object) -> None:
+    """Copy the data-set attributes the engine and methods read (class count, names, statistics, targets)."""
+    for attr in ("num_classes", "classes", "mean", "std", "targets"):
+        if hasattr(base, attr):
+            setattr(wrapper, attr, getattr(base, attr))
+
 class MultiCropDataset(Dataset[dict[str, Any]]):
     """Any vitlab image set seen through a :class:`MultiCropTransform`; items also keep their ``label``.
 
@@ -147,9 +154,7 @@ class MultiCropDataset(Dataset[dict[str, Any]]):
         self.base = base
         self.transform = transform
         self.channels = channels
-        for attr in ("num_classes", "classes", "mean", "std", "targets"):
-            if hasattr(base, attr):
-                setattr(self, attr, getattr(base, attr))
+        _inherit_attributes(self, base)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -184,9 +189,7 @@ class ByteImageDataset(Dataset[dict[str, Any]]):
     def __init__(self, base: Dataset[dict[str, Any]], channels: int) -> None:
         self.base = base
         self.channels = channels
-        for attr in ("num_classes", "classes", "mean", "std", "targets"):
-            if hasattr(base, attr):
-                setattr(self, attr, getattr(base, attr))
+        _inherit_attributes(self, base)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
