@@ -209,7 +209,7 @@ class _InceptionFusion(torch.autograd.Function):
         y = _upsample_concat([F.gelu(conv_pre), F.gelu(pool_pre)], low, pool_low)
         z = _channels_last(F.conv2d(_channels_first(y), _fuse_kernel(fuse_w), padding=1, groups=y.shape[-1]))
         parts = dict(conv_pw=conv_pw, conv_pre=conv_pre, pooled=pooled, pool_pre=pool_pre, y=y, z=z)
-        if keep_indices:  # backward: everything but the projection, whose output it does not need
+        if keep_indices and indices is not None:  # backward: all but the projection, whose output it does not need
             parts["indices"] = indices
         else:
             parts["out"] = _scaled_linear(z, proj_w, proj_b, layer_scale)
