@@ -9,6 +9,7 @@ linear probe. Speed and memory: ``benchmarks/bench_mugs.py``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -50,6 +51,16 @@ def _backbone_scores(model: torch.nn.Module, cfg: Any) -> dict[str, float]:
     return {"knn_top1": scores["knn_top1"], "probe_top1": scores["probe_top1"]}
 
 
+def _eval_history(metrics_csv: Path) -> dict[str, dict[str, float]]:
+    """The evaluation rows of a run's metrics.csv (every ``train.eval_every`` epochs), keyed by epoch."""
+    history: dict[str, dict[str, float]] = {}
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            if row["phase"] == "eval":
+                history.setdefault(str(int(row["epoch"]) + 1), {})[row["name"]] = float(row["value"])
+    return history
+
+
 def gates(summary: dict[str, Any]) -> dict[str, Any]:
     """The pass criteria of specs/mugs.md §6 from a summary: Mugs − random init against 3 × the larger of the two seed
     stds, and Mugs − GDS-only against one GDS-only seed std."""
@@ -85,7 +96,8 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(json.dumps(results, indent=2).encode(), out_path)  # hours of runs: never half-written
 
-    base = [f"out_dir={out_path.parent / args.data}", "train.progress=false", *args.set]
+    runs_dir = Path(args.runs_dir) if args.runs_dir else out_path.parent / args.data  # checkpoints, metrics.csv
+    base = [f"out_dir={runs_dir}", "train.progress=false", *args.set]
     if args.rescore:  # score the trained checkpoints again with the recipe's current evaluation settings
         from vitlab.engine.checkpoint import load_method
 
@@ -111,7 +123,8 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
             cfg = load_config(recipe, [*base, f"name={label}_s{seed}", f"train.seed={seed}", *extra])
             start = time.time()
             metrics = train(cfg, overwrite=True)
-            results["runs"][key] = {**metrics, "train_s": time.time() - start}
+            results["runs"][key] = {**metrics, "train_s": time.time() - start,
+                                    "along_training": _eval_history(cfg.run_dir / "metrics.csv")}
             save()
             print(key, results["runs"][key], flush=True)
         key = f"random_init/seed{seed}"
@@ -229,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["mugs", "gds_only"], choices=("mugs", "gds_only"),
                         help="which pretraining runs to make (split them across processes with different --out)")
     parser.add_argument("--out", default="runs/mugs_bench/digits.json")
+    parser.add_argument("--runs-dir", default=None,
+                        help="where the runs (checkpoints, metrics.csv) go; default: <--out's folder>/<--data>, so "
+                             "that a result file under results/ can keep its checkpoints under runs/")
     parser.add_argument("--table", nargs="*", metavar="MORE_JSON",
                         help="print the markdown table of --out and of these result files, merged (no training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
