@@ -488,7 +488,7 @@ TABLES: dict[str, Table] = {
                              "python benchmarks/bench_transzero.py --threads 2 --steps 5 --images 8 "
                              "--out results/benchmarks/transzero.json"),
     "iformer_train_step_before": Table(("benchmarks/iformer_train_step_before.json",), train_step,
-                                       "python benchmarks/bench_train_step.py --threads 2 --batch-size 8 --rounds 5 "
+                                       "python benchmarks/bench_train_step.py --threads 2 --batch-size 8 --rounds 7 "
                                        "--out results/benchmarks/iformer_train_step_before.json"),
     "cli_startup": Table(("benchmarks/cli.json",), cli_startup,
                          "python benchmarks/bench_cli.py --before dcef215 --runs 5 --threads 2 "
@@ -504,7 +504,7 @@ TABLES: dict[str, Table] = {
     "loader_speed": Table(("benchmarks/loader.json",), loader_speed,
                           "python benchmarks/bench_loader.py --threads 2 --out results/benchmarks/loader.json"),
     "mugs_glyphs_budget": Table(("benchmarks/mugs_glyphs_budget.json",), mugs_glyphs_budget,
-                                "python benchmarks/bench_mugs_budget.py --threads 1 --epochs 2 "
+                                "python benchmarks/bench_mugs_budget.py --threads 1 --epochs 3 "
                                 "--out results/benchmarks/mugs_glyphs_budget.json"),
 }
 
