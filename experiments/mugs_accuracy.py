@@ -11,21 +11,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.utils.data import DataLoader
+if TYPE_CHECKING:
+    from vitlab.methods.mugs import Mugs
 
-from vitlab.config import load_config
-from vitlab.engine.checkpoint import atomic_write_bytes
-from vitlab.engine.trainer import train
-from vitlab.evaluation.frozen_features import evaluate_frozen_features
-from vitlab.methods.base import data_info_from
-from vitlab.methods.mugs import Mugs
+# torch and vitlab are imported where runs are made, so that the summaries and tables of this file load without them
+# (experiments/tables.py prints the Mugs tables of docs/ through summarize, markdown_table and along_training_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "mugs" / "vit_tiny_digits.yaml"
@@ -39,13 +36,23 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def _scores(method: Mugs) -> dict[str, float]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vitlab.methods.mugs import Mugs
+
     loaders = {k: DataLoader(ds, batch_size=512) for k, ds in Mugs.eval_datasets(method.cfg).items()}
     with torch.no_grad():
         return method.eval().evaluate(loaders, None)
 
 
-def _backbone_scores(model: torch.nn.Module, cfg: Any) -> dict[str, float]:
+def _backbone_scores(model: Any, cfg: Any) -> dict[str, float]:
     """The Mugs k-NN and probe protocol on any classifier's features (supervised reference, raw pixels)."""
+    from torch.utils.data import DataLoader
+
+    from vitlab.evaluation.frozen_features import evaluate_frozen_features
+    from vitlab.methods.mugs import Mugs
+
     loaders = {k: DataLoader(ds, batch_size=512) for k, ds in Mugs.eval_datasets(cfg).items()}
     scores = evaluate_frozen_features(model, loaders, Mugs.method_config(cfg).eval, seed=cfg.train.seed, ks=[20])
     return {"knn_top1": scores["knn_top1"], "probe_top1": scores["probe_top1"]}
@@ -80,17 +87,32 @@ def gates(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Pixels(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
+def _pixels() -> Any:
+    """A 'backbone' whose features are the raw pixels."""
+    import torch
+
+    class Pixels(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)
+
+    return Pixels()
 
 
 def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from vitlab.config import load_config
+    from vitlab.engine.checkpoint import atomic_write_bytes
+    from vitlab.engine.trainer import train
+    from vitlab.methods.base import data_info_from
+    from vitlab.methods.mugs import Mugs
+
     torch.set_num_threads(args.threads)
     recipe = GLYPHS_RECIPE if args.data == "glyphs" else RECIPE
     out_path = Path(args.out)
     results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
     results.setdefault("runs", {})
+    results["command"] = args.command
 
     def save() -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +178,7 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
             save()
     if "raw_pixels" not in results["runs"]:
         cfg = load_config(recipe, base)
-        results["runs"]["raw_pixels"] = _backbone_scores(_Pixels(), cfg)
+        results["runs"]["raw_pixels"] = _backbone_scores(_pixels(), cfg)
     results["summary"] = summarize(results["runs"])
     save()
     return results
@@ -170,11 +192,18 @@ def _seed_order(key: str) -> tuple[str, int]:
 def merge_runs(paths: list[str | Path]) -> dict[str, Any]:
     """The ``runs`` of several ``accuracy`` result files (e.g. seeds or methods run in separate processes), merged; a
     key found in two files must hold the same scores."""
-    runs: dict[str, Any] = {}
+    loaded = []
     for path in paths:
         if not Path(path).is_file():
             raise ValueError(f"{path}: no such result file (write one with `mugs_accuracy.py --out {path}`)")
-        data = json.loads(Path(path).read_text())
+        loaded.append((str(path), json.loads(Path(path).read_text())))
+    return merge_loaded(loaded)
+
+
+def merge_loaded(loaded: list[tuple[str, Any]]) -> dict[str, Any]:
+    """:func:`merge_runs` on result files already read: (name, parsed JSON) pairs."""
+    runs: dict[str, Any] = {}
+    for path, data in loaded:
         if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
             raise ValueError(f"{path}: not an accuracy result file (expected a JSON object with a 'runs' object)")
         for key, value in data["runs"].items():
@@ -230,6 +259,37 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def along_training_table(runs: dict[str, Any]) -> str:
+    """k-NN (k = 20) on the novel classes at each evaluation of the pretraining runs, mean ± std over the seeds, then
+    each seed's values, and the probe at the last evaluation: one row per backbone with an ``along_training`` record."""
+    labels = [label for label in ("mugs", "gds_only") if any(k.startswith(label + "/") and "along_training" in v
+                                                              for k, v in runs.items())]
+    epochs = sorted({int(e) for k, v in runs.items() for e in v.get("along_training", {})})
+    lines = ["| backbone | seeds | " + " | ".join(f"k-NN @ {e}" for e in epochs) + " | probe @ "
+             f"{epochs[-1] if epochs else '–'} |", "|---|---|" + "---|" * (len(epochs) + 1)]
+    for label in labels:
+        rows = [runs[k]["along_training"] for k in sorted(runs, key=_seed_order)
+                if k.startswith(label + "/") and "along_training" in runs[k]]
+        cells = []
+        for e in epochs:
+            values = [r[str(e)]["knn_top1"] for r in rows if str(e) in r]
+            stats = _mean_std(values)
+            cells.append(f"{stats['mean']:.1f} ± {stats['std']:.1f}" if values else "–")
+        probes = [r[str(epochs[-1])]["probe_top1"] for r in rows if str(epochs[-1]) in r]
+        probe = _mean_std(probes)
+        cells.append(f"{probe['mean']:.1f} ± {probe['std']:.1f}" if probes else "–")
+        lines.append(f"| {LABELS[label]} | {len(rows)} | " + " | ".join(cells) + " |")
+    seed_lines = []
+    for label in labels:
+        for key in sorted(runs, key=_seed_order):
+            if key.startswith(label + "/") and "along_training" in runs[key]:
+                history = runs[key]["along_training"]
+                values = " / ".join(f"{history[str(e)]['knn_top1']:.1f}" if str(e) in history else "–"
+                                    for e in epochs)
+                seed_lines.append(f"- {LABELS[label]}, {key.split('/')[1]}: {values}")
+    return "\n".join([*lines, "", "k-NN of each seed at the same epochs:", *seed_lines])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -249,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the markdown table of --out and of these result files, merged (no training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
     args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "experiments/mugs_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     if args.table is not None:
         try:
             runs = merge_runs([args.out, *args.table])

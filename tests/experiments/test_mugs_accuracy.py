@@ -79,3 +79,32 @@ def test_table_from_a_missing_or_foreign_file_is_a_one_line_error(bench, tmp_pat
     foreign.write_text('{"mugs_over_gds_time": 1.1}')
     assert bench.main(["--out", str(foreign), "--table"]) == 2
     assert "not an accuracy result file" in capsys.readouterr().err
+
+
+def test_along_training_table_means_over_seeds(bench):
+    def history(knn30, knn60, probe60):
+        return {"30": {"knn_top1": knn30, "probe_top1": 10.0}, "60": {"knn_top1": knn60, "probe_top1": probe60}}
+
+    runs = {"mugs/seed1": {"knn_top1": 0.0, "along_training": history(40.0, 50.0, 70.0)},
+            "mugs/seed0": {"knn_top1": 0.0, "along_training": history(42.0, 54.0, 74.0)},
+            "gds_only/seed0": {"knn_top1": 0.0, "along_training": history(30.0, 31.0, 60.0)},
+            "random_init/seed0": {"knn_top1": 20.0}}
+    lines = bench.along_training_table(runs).splitlines()
+    assert lines[0] == "| backbone | seeds | k-NN @ 30 | k-NN @ 60 | probe @ 60 |"
+    assert lines[2] == "| Mugs (IDS + LGDS + GDS) | 2 | 41.0 ± 1.4 | 52.0 ± 2.8 | 72.0 ± 2.8 |"
+    assert lines[3] == "| GDS-only (DINO-equivalent, same budget) | 1 | 30.0 ± 0.0 | 31.0 ± 0.0 | 60.0 ± 0.0 |"
+    assert "- Mugs (IDS + LGDS + GDS), seed0: 42.0 / 54.0" in lines  # seeds in order, whatever the dict order
+    assert lines.index("- Mugs (IDS + LGDS + GDS), seed0: 42.0 / 54.0") < lines.index(
+        "- Mugs (IDS + LGDS + GDS), seed1: 40.0 / 50.0")
+
+
+def test_summaries_load_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('m', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "m.markdown_table(m.summarize({})); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "experiments" / "mugs_accuracy.py")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
