@@ -1,7 +1,7 @@
-"""The machinery ZeroQ, GDFQ and ClusterQ share (vitlab spec clusterq §2.1, §2.4): their one configuration schema,
-the frozen full-precision teacher, and :class:`DataFreeQuantMethod` (teacher, fake-quantised student, the labels-only
-training set, evaluation). The methods are in :mod:`vitlab.methods.gdfq`, :mod:`vitlab.methods.clusterq` and
-:mod:`vitlab.methods.zeroq`.
+"""The machinery ZeroQ, GDFQ and ClusterQ share (vitlab spec clusterq §2.1, §2.4): their one configuration schema
+(defined without torch in :mod:`vitlab.methods.schemas.data_free`), the frozen full-precision teacher, and
+:class:`DataFreeQuantMethod` (teacher, fake-quantised student, the labels-only training set, evaluation). The methods
+are in :mod:`vitlab.methods.gdfq`, :mod:`vitlab.methods.clusterq` and :mod:`vitlab.methods.zeroq`.
 
 One schema serves the three methods, so that one recipe runs ``vitlab quantize --method clusterq|gdfq|zeroq`` (the
 ImageNet recipes rely on it); each method reads the fields it needs.
