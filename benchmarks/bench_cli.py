@@ -6,7 +6,8 @@ command (which goes first alternates between runs), so that load from other proc
 gives each command's median wall time at both, their ratio, the exit codes, and whether the output is the same.
 
 The commands are those a user types to find their way or to get a recipe right, which should answer at once:
-``--help``, ``train --help``, ``models``, and three recipe errors (a missing file, a bad value, an unknown key).
+``--help``, ``train --help``, ``models``, three recipe errors (a missing file, a bad value, an unknown key) and an
+unknown key in a recipe's ``method`` section (checked against the method's schema, tests/test_method_schemas.py).
 
     python benchmarks/bench_cli.py --before dcef215 --runs 5 --threads 2 --out results/benchmarks/cli.json
 """
@@ -35,6 +36,8 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("missing recipe", ("train", "-c", "recipes/no_such_recipe.yaml")),
     ("bad value", ("train", "-c", RECIPE, "--set", "optim.lr=-1")),
     ("unknown key", ("train", "-c", RECIPE, "--set", "optim.lrr=0.1")),
+    ("method-section error",
+     ("train", "-c", "recipes/mugs/vit_tiny_glyphs.yaml", "--set", "method.loss_weightz=[1,1,1]")),
 )
 
 
@@ -80,7 +83,7 @@ def measure(before_src: Path, after_src: Path, runs: int, threads: int) -> list[
                 times[name][which].append(seconds)
                 codes[name][which].add(code)
                 outputs[name][which] = output
-                print(f"run {run + 1}/{runs}  {name:<16} {which:<6} {seconds:7.3f} s  exit {code}", file=sys.stderr)
+                print(f"run {run + 1}/{runs}  {name:<20} {which:<6} {seconds:7.3f} s  exit {code}", file=sys.stderr)
     rows = []
     for name, argv in COMMANDS:
         before, after = statistics.median(times[name]["before"]), statistics.median(times[name]["after"])

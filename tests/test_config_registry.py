@@ -50,7 +50,8 @@ def run_python(code: str, tmp_path: Path | None = None) -> str:
 
 # ---- the registry ----------------------------------------------------------------------------------------------------
 def test_methods_load_on_first_use_through_the_entry_point_group(tmp_path: Path) -> None:
-    """One fresh interpreter (imports are slow here): config without methods; the fallback; a plugin's method."""
+    """One fresh interpreter (imports are slow here): config without methods; a built-in method's schema without the
+    methods; the fallback; a plugin's method."""
     (tmp_path / "toy_vitlab_plugin.py").write_text(textwrap.dedent("""
         from dataclasses import dataclass
         from typing import Literal
@@ -81,8 +82,9 @@ def test_methods_load_on_first_use_through_the_entry_point_group(tmp_path: Path)
         import vitlab.plugins as plugins
         plugins.entry_points = lambda group: []
         from vitlab.config import ConfigError, load_config
-        cfg = load_config("recipes/mugs/vit_tiny_digits.yaml")
-        print(type(cfg.method).__name__, 'vitlab.methods' in sys.modules, plugins.load_method_plugins())
+        cfg = load_config("recipes/mugs/vit_tiny_digits.yaml")  # the schema module only (tests/test_method_schemas.py)
+        print(type(cfg.method).__name__, 'vitlab.methods.mugs' in sys.modules, 'torch' in sys.modules)
+        print(plugins.load_method_plugins(), 'vitlab.methods.mugs' in sys.modules)
 
         # an installed plugin package names its module in the group
         plugins._loaded = None
@@ -99,7 +101,8 @@ def test_methods_load_on_first_use_through_the_entry_point_group(tmp_path: Path)
     """, tmp_path)
     assert out.strip().splitlines() == [
         "False",
-        "MugsConfig True ['vitlab.methods']",
+        "MugsConfig False False",
+        "['vitlab.methods'] True",
         "ToyConfig 2.0 b",
         "ToyConfig ['vitlab.methods', 'toy_vitlab_plugin']",
         "method.mode: got 'c', expected one of a, b",

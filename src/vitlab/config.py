@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -180,6 +181,27 @@ class RunConfig:
 
 _METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 
+#: the schema of each built-in method ("module:class"), in a torch-free module of ``vitlab.methods.schemas``: every name
+#: ``@register_method`` registers in ``vitlab.methods`` (tests/test_method_schemas.py holds the two equal)
+BUILTIN_METHOD_SCHEMAS: dict[str, str] = {
+    "clusterq": "vitlab.methods.schemas.data_free:DataFreeQuantConfig",
+    "gdfq": "vitlab.methods.schemas.data_free:DataFreeQuantConfig",
+    "hat": "vitlab.methods.schemas.hat:HATConfig",
+    "int8": "vitlab.methods.schemas.int8:Int8Config",
+    "meta_baseline": "vitlab.methods.schemas.sun:MetaBaselineConfig",
+    "mugs": "vitlab.methods.schemas.mugs:MugsConfig",
+    "pgd_at": "vitlab.methods.schemas.adversarial:PGDATConfig",
+    "rift": "vitlab.methods.schemas.rift:RIFTConfig",
+    "score": "vitlab.methods.schemas.score:SCOREConfig",
+    "sun": "vitlab.methods.schemas.sun:SUNConfig",
+    "sun_teacher": "vitlab.methods.schemas.sun:SUNTeacherConfig",
+    "supervised": "vitlab.methods.schemas.supervised:SupervisedConfig",
+    "trades": "vitlab.methods.schemas.adversarial:TRADESConfig",
+    "transzero": "vitlab.methods.schemas.transzero:TransZeroConfig",
+    "video_supervised": "vitlab.methods.schemas.video:VideoSupervisedConfig",
+    "zeroq": "vitlab.methods.schemas.data_free:DataFreeQuantConfig",
+}
+
 
 def register_method_config(name: str, config_cls: type[MethodConfig]) -> None:
     """Make ``method.name: <name>`` select ``config_cls`` as the schema of the ``method`` section."""
@@ -187,11 +209,18 @@ def register_method_config(name: str, config_cls: type[MethodConfig]) -> None:
 
 
 def method_config_class(name: str) -> type[MethodConfig]:
-    """The schema ``method.name: <name>`` selects; the methods (built-in and plugins) are imported on first use."""
-    if name not in _METHOD_CONFIGS:
-        from vitlab.plugins import load_method_plugins
+    """The schema ``method.name: <name>`` selects: a registered one, else a built-in method's from its schema module
+    (:data:`BUILTIN_METHOD_SCHEMAS`, no torch), else the methods (built-in and plugins) are imported and looked up."""
+    if name in _METHOD_CONFIGS:
+        return _METHOD_CONFIGS[name]
+    if name in BUILTIN_METHOD_SCHEMAS:
+        module, _, cls_name = BUILTIN_METHOD_SCHEMAS[name].partition(":")
+        schema = getattr(importlib.import_module(module), cls_name)
+        assert isinstance(schema, type) and issubclass(schema, MethodConfig), BUILTIN_METHOD_SCHEMAS[name]
+        return schema
+    from vitlab.plugins import load_method_plugins
 
-        load_method_plugins()
+    load_method_plugins()
     if name not in _METHOD_CONFIGS:
         raise ConfigError(f"method.name: unknown method {name!r} (allowed: {', '.join(sorted(_METHOD_CONFIGS))})")
     return _METHOD_CONFIGS[name]
@@ -322,8 +351,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _check_without_method(plain: dict[Any, Any]) -> None:
     """Every check of the sections other than ``method`` (keys, types, choices, values), made before the method's
-    schema is looked up: that imports the methods (and torch), so a mistake in ``data``, ``optim``, ``train``, ...
-    is reported in a fraction of a second. An interpolation that needs the method's keys waits for the full check."""
+    schema is looked up: for a plugin's method that imports the methods (and torch), so a mistake in ``data``,
+    ``optim``, ``train``, ... is reported in a fraction of a second whatever the method. An interpolation that needs
+    the method's keys waits for the full check."""
     general = copy.deepcopy({k: v for k, v in plain.items() if k != "method"})
     schema = RunConfig()
     _check_keys(general, schema, "")

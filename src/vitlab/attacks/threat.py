@@ -6,51 +6,22 @@ for good (:func:`model_mode` restores every submodule's flag), and draw their ra
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from vitlab.errors import ConfigError, DataError
-
-NORMS = ("Linf", "L2")
-#: how the model runs while an attack computes gradients (``attack_mode`` of the training recipes)
-AttackMode = Literal["eval", "train_frozen_bn", "train"]
-ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
+from vitlab.errors import DataError
+from vitlab.methods.schemas.adversarial import (  # noqa: F401  (defined without torch, for the recipes' schemas)
+    ATTACK_MODES,
+    NORMS,
+    AttackMode,
+    check_norm,
+    parse_eps,
+)
 
 _RANGE_TOL = 1e-6  # float slack on [0, 1] and on the ε-ball (0.0313726 vs 0.0313725 has been observed)
-
-
-def check_norm(norm: str) -> str:
-    """The canonical spelling of ``norm`` ("Linf" or "L2"); any case is accepted. Raises ValueError otherwise."""
-    canonical = {n.lower(): n for n in NORMS}
-    key = str(norm).lower()
-    if key not in canonical:
-        raise ConfigError(f"norm: unknown norm {norm!r} (allowed: {', '.join(NORMS)})")
-    return canonical[key]
-
-
-def parse_eps(text: str | float) -> float:
-    """Parse an attack budget: ``8/255``, ``0.031``, ``0.5``; ``2/255`` style fractions or plain numbers, ≥ 0."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+)\s*)?", str(text))
-        if match is None:
-            raise ConfigError(f"eps: cannot parse {text!r} (expected a number such as 0.031 or a fraction like 8/255)")
-        value = float(match.group(1))
-        if match.group(2) is not None:
-            denominator = float(match.group(2))
-            if denominator == 0:
-                raise ConfigError(f"eps: {text!r} divides by zero")
-            value /= denominator
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"eps: got {text!r}, expected a finite budget >= 0")
-    return value
 
 
 def lp_norm(delta: Tensor, norm: str) -> Tensor:

@@ -13,7 +13,6 @@ i.e. mean + std · N(0, 1) here, as :class:`~vitlab.data.transforms.TrainTransfo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
@@ -24,24 +23,7 @@ from torchvision.transforms import functional as TF
 from vitlab.config import AugConfig
 from vitlab.data.dataset import DataError
 from vitlab.data.transforms import TrainTransform, _rand_augment, pil_to_unit_tensor, unit_tensor_to_pil
-
-
-@dataclass
-class SCAConfig:
-    """SCA settings; defaults are the full-scale ones of §2.4 (the small digits plan: scale [0.35, 1], hflip 0)."""
-
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
-    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.5  # 0 for digits and glyphs: a flip changes the class
-    rand_augment: str | None = "rand-m9-mstd0.5-inc1"  # applied to the weak (shared) view
-    rand_augment_prob: float = 0.2
-    strong_prob: float = 0.5  # probability that the student view gets the non-spatial ops
-    color_jitter: float = 0.4  # brightness, contrast and saturation strength
-    blur_prob: float = 0.5
-    blur_radius: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    solarize_prob: float = 0.5
-    grey_prob: float = 0.2
-    erasing: float = 0.25  # student only, always applied (timm RandomErasing, pixel mode)
+from vitlab.methods.schemas.sun import SCAConfig  # a section of SUN's schema, defined without torch
 
 
 class SpatialConsistentAugmentation:

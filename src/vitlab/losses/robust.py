@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitlab.errors import ConfigError
-
-#: the distances between two probability vectors that ``score.distance`` accepts (besides an Lp norm "p=<number>")
-DISTANCES = ("se", "kl", "js", "js_sqrt", "l1_square", "kl_sqrt", "rkl_sqrt")
+from vitlab.methods.schemas.adversarial import (  # noqa: F401  (defined without torch, for the recipes' schemas)
+    DISTANCES,
+    check_distance_name,
+)
 
 _EPS_LOG = 1e-12  # guards log(0) for one-hot targets; KL(onehot ‖ p) then equals CE exactly
 
@@ -70,19 +71,6 @@ def probability_distance(p: Tensor, q: Tensor, name: str) -> Tensor:
     if name.startswith("p="):
         return torch.linalg.vector_norm(p - q, ord=float(name[2:]), dim=-1)
     raise ConfigError(f"probability_distance: unknown distance {name!r} (allowed: {', '.join(DISTANCES)} or p=<r>)")
-
-
-def check_distance_name(name: str) -> None:
-    """Raise ValueError unless ``name`` is a known distance or ``p=<positive number>``."""
-    if name in DISTANCES:
-        return
-    if name.startswith("p="):
-        try:
-            if float(name[2:]) > 0:
-                return
-        except ValueError:
-            pass
-    raise ConfigError(f"unknown distance {name!r} (allowed: {', '.join(DISTANCES)} or p=<r> with r > 0)")
 
 
 def clip_bound(clip: float, num_classes: int, distance: str = "se") -> float:

@@ -17,16 +17,13 @@ its own intent:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vitlab.errors import ConfigError
+from vitlab.methods.schemas.sun import PatchReduction, PatchTarget  # choices of SUN's schema, defined without torch
 
-PatchTarget = Literal["multi_hot", "teacher_prob_topk"]
-PatchReduction = Literal["mean", "sum"]
 OFFICIAL_BACKGROUND_INDEX = 1  # where the official code's background `on` lands (see the module docstring)
 
 

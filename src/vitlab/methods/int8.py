@@ -8,31 +8,18 @@ It cannot be trained (``vitlab train`` refuses it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vitlab.config import ConfigError, MethodConfig, RunConfig
+from vitlab.config import ConfigError, RunConfig
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
+from vitlab.methods.schemas.int8 import INT8_ENGINES, Int8Config, Int8Engine  # noqa: F401  (re-exported)
 from vitlab.models.classifier import ImageClassifier, create_backbone
 from vitlab.quant.int8 import convert_int8
 
 __all__ = ["Int8Config", "Int8Model"]
-
-
-Int8Engine = Literal["x86", "fbgemm", "onednn", "qnnpack"]  # torch's quantized CPU engines
-INT8_ENGINES: tuple[str, ...] = get_args(Int8Engine)
-
-
-@dataclass
-class Int8Config(MethodConfig):
-    name: str = "int8"
-    engine: Int8Engine = "x86"
-    source_ckpt: str = ""  # the checkpoint it was converted from (a record)
-    source_method: str = ""  # zeroq | gdfq | clusterq | supervised ...
-    calibration: str = ""  # generator | distilled | zeroq-distilled: where calibration images came from
 
 
 @register_method("int8")

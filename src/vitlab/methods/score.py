@@ -10,19 +10,11 @@ with its TRADES baseline; the hyper-parameters are SCORE's flags, in brackets in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from vitlab.methods.adversarial import TRADES, TRADESConfig
+from vitlab.methods.adversarial import TRADES
 from vitlab.methods.base import register_method
+from vitlab.methods.schemas.score import SCOREConfig
 
 __all__ = ["SCORE", "SCOREConfig"]
-
-
-@dataclass
-class SCOREConfig(TRADESConfig):
-    name: str = "score"
-    distance: str = "se"  # the squared Euclidean distance between softmax outputs (SCORE's defining change)
-    beta: float = 4.0  # README example; SCORE's released checkpoints use 3.0
 
 
 @register_method("score")

@@ -8,36 +8,19 @@ logits, ``hard`` is cross-entropy to the teacher's argmax, mixed with the label 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
-from vitlab.config import MethodConfig, RunConfig, require
+from vitlab.config import RunConfig
 from vitlab.errors import CheckpointError, DataError
 from vitlab.losses.distillation import deit_total_loss
 from vitlab.methods.base import DataInfo, Method, Progress, register_method
+from vitlab.methods.schemas.supervised import SupervisedConfig
 from vitlab.models.classifier import build_classifier
 
 soft_target_cross_entropy = SoftTargetCrossEntropy()  # timm's loss of mixup/cutmix targets: (B, K), (B, K) -> scalar
-
-
-@dataclass
-class SupervisedConfig(MethodConfig):
-    name: str = "supervised"
-    label_smoothing: float = 0.0
-    teacher_ckpt: str | None = None  # a vitlab checkpoint to distil from (its eval model is the teacher)
-    distill_type: Literal["soft", "hard"] = "soft"
-    distill_alpha: float = 0.5  # weight of the distillation term
-    distill_tau: float = 1.0  # temperature of soft distillation
-
-    def validate(self) -> None:
-        require(0.0 <= self.label_smoothing < 1.0, "method.label_smoothing", "a value in [0, 1)", self.label_smoothing)
-        require(0.0 <= self.distill_alpha <= 1.0, "method.distill_alpha", "a value in [0, 1]", self.distill_alpha)
-        require(self.distill_tau > 0, "method.distill_tau", "a temperature > 0", self.distill_tau)
 
 
 @register_method("supervised")

@@ -16,38 +16,23 @@ rate (official K400 fine-tuning from a 2-D checkpoint: 0.1); the classifier keep
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
-from vitlab.config import ConfigError, RunConfig, require
+from vitlab.config import ConfigError, RunConfig
 from vitlab.methods.base import DataInfo, register_method
-from vitlab.methods.supervised import Supervised, SupervisedConfig
+from vitlab.methods.schemas.video import (  # noqa: F401  (re-exported: the schema lives in a torch-free module)
+    PARAM_GROUPINGS,
+    ParamGrouping,
+    VideoSupervisedConfig,
+)
+from vitlab.methods.supervised import Supervised
 
-ParamGrouping = Literal["default", "official", "mmcv"]  # default | official (config intent) | mmcv (longest key)
-PARAM_GROUPINGS: tuple[str, ...] = get_args(ParamGrouping)
 PEG_KEY = "pos_embed"  # vitlab's name of DualFormer's PEG (official ``pos_block``)
-
-
-@dataclass
-class VideoSupervisedConfig(SupervisedConfig):
-    name: str = "video_supervised"
-    average: Literal["prob", "logit"] = "prob"  # how test views are combined: prob (softmax mean, official) | logit
-    max_views_per_forward: int | None = None  # evaluate at most this many views per forward (memory); null = all
-    count_flops: bool = True  # count FLOPs per view with fvcore (once per run) and report them with the metrics
-    backbone_lr_scale: float = 1.0  # learning-rate multiplier of everything but the classifier (official K400: 0.1)
-    param_grouping: ParamGrouping = "default"
-    init_2d_ckpt: str | None = None  # a 2-D DualFormer checkpoint to inflate into the model (spec §2.4)
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.max_views_per_forward is None or self.max_views_per_forward >= 1, "method.max_views_per_forward",
-                "null or >= 1", self.max_views_per_forward)
-        require(self.backbone_lr_scale > 0, "method.backbone_lr_scale", "a value > 0", self.backbone_lr_scale)
 
 
 def _is_video_model(name: str) -> bool:
