@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.errors import DataError
-from vitlab.methods.schemas.adversarial import (  # noqa: F401  (defined without torch, for the recipes' schemas)
+from vitlab.options import (  # noqa: F401  (defined without torch, for the recipes' schemas)
     ATTACK_MODES,
     NORMS,
     AttackMode,

@@ -23,7 +23,7 @@ from torchvision.transforms import functional as TF
 from vitlab.config import AugConfig
 from vitlab.data.dataset import DataError
 from vitlab.data.transforms import TrainTransform, _rand_augment, pil_to_unit_tensor, unit_tensor_to_pil
-from vitlab.methods.schemas.sun import SCAConfig  # a section of SUN's schema, defined without torch
+from vitlab.options import SCAConfig  # a section of SUN's schema, defined without torch
 
 
 class SpatialConsistentAugmentation:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitlab.errors import ConfigError
-from vitlab.methods.schemas.adversarial import (  # noqa: F401  (defined without torch, for the recipes' schemas)
+from vitlab.options import (  # noqa: F401  (defined without torch, for the recipes' schemas)
     DISTANCES,
     check_distance_name,
 )

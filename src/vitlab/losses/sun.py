@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitlab.errors import ConfigError
-from vitlab.methods.schemas.sun import PatchReduction, PatchTarget  # choices of SUN's schema, defined without torch
+from vitlab.options import PatchReduction, PatchTarget  # choices of SUN's schema, defined without torch
 
 OFFICIAL_BACKGROUND_INDEX = 1  # where the official code's background `on` lands (see the module docstring)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab.errors import ConfigError
-from vitlab.methods.schemas.data_free import MAX_BITS, MIN_BITS  # the recipes' schema checks them without torch
+from vitlab.options import MAX_BITS, MIN_BITS  # the recipes' schema checks them without torch
 
 __all__ = ["ActQuantizer", "QuantConv2d", "QuantLinear", "QuantizationError", "activation_quantizers",
            "check_bits", "dequantize", "fake_quantize", "quant_params", "quantize_model", "quantize_to_int",

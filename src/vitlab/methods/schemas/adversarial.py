@@ -2,66 +2,25 @@
 schemas, without torch, so that a recipe's mistake is reported before the methods load (docs/engine.md, "Methods and
 their schemas").
 
-The threat-model names these schemas check (the norms, ``attack_mode``, attack budgets, the distances) are defined here
-too, for the same reason; :mod:`vitlab.attacks.threat` and :mod:`vitlab.losses.robust` import them from here.
+The threat-model names these schemas check (the norms, ``attack_mode``, attack budgets, the distances) come from
+:mod:`vitlab.options`, which :mod:`vitlab.attacks.threat` and :mod:`vitlab.losses.robust` share.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 from vitlab.config import ConfigError, MethodConfig, require
-
-NORMS = ("Linf", "L2")
-#: how the model runs while an attack computes gradients (``attack_mode`` of the training recipes)
-AttackMode = Literal["eval", "train_frozen_bn", "train"]
-ATTACK_MODES: tuple[str, ...] = get_args(AttackMode)
-#: the distances between two probability vectors that ``score.distance`` accepts (besides an Lp norm "p=<number>")
-DISTANCES = ("se", "kl", "js", "js_sqrt", "l1_square", "kl_sqrt", "rkl_sqrt")
-
-
-def check_norm(norm: str) -> str:
-    """The canonical spelling of ``norm`` ("Linf" or "L2"); any case is accepted. Raises ValueError otherwise."""
-    canonical = {n.lower(): n for n in NORMS}
-    key = str(norm).lower()
-    if key not in canonical:
-        raise ConfigError(f"norm: unknown norm {norm!r} (allowed: {', '.join(NORMS)})")
-    return canonical[key]
-
-
-def parse_eps(text: str | float) -> float:
-    """Parse an attack budget: ``8/255``, ``0.031``, ``0.5``; ``2/255`` style fractions or plain numbers, ≥ 0."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+)\s*)?", str(text))
-        if match is None:
-            raise ConfigError(f"eps: cannot parse {text!r} (expected a number such as 0.031 or a fraction like 8/255)")
-        value = float(match.group(1))
-        if match.group(2) is not None:
-            denominator = float(match.group(2))
-            if denominator == 0:
-                raise ConfigError(f"eps: {text!r} divides by zero")
-            value /= denominator
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"eps: got {text!r}, expected a finite budget >= 0")
-    return value
-
-
-def check_distance_name(name: str) -> None:
-    """Raise ValueError unless ``name`` is a known distance or ``p=<positive number>``."""
-    if name in DISTANCES:
-        return
-    if name.startswith("p="):
-        try:
-            if float(name[2:]) > 0:
-                return
-        except ValueError:
-            pass
-    raise ConfigError(f"unknown distance {name!r} (allowed: {', '.join(DISTANCES)} or p=<r> with r > 0)")
+from vitlab.options import (  # noqa: F401  (re-exported: the schema's vocabulary)
+    ATTACK_MODES,
+    DISTANCES,
+    NORMS,
+    AttackMode,
+    check_distance_name,
+    check_norm,
+    parse_eps,
+)
 
 
 @dataclass

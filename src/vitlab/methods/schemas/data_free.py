@@ -1,6 +1,6 @@
 """The ``method`` section of ZeroQ, GDFQ and ClusterQ (:mod:`vitlab.methods.data_free`; one schema for the three): its
 schema, without torch, so that a recipe's mistake is reported before the methods load (docs/engine.md, "Methods and
-their schemas"). The bit widths it allows are defined here; :mod:`vitlab.quant.quantizer` imports them from here."""
+their schemas"). The bit widths it allows come from :mod:`vitlab.options`, shared with :mod:`vitlab.quant.quantizer`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vitlab.config import ConfigError, MethodConfig, require
-
-MIN_BITS, MAX_BITS = 2, 8
+from vitlab.options import MAX_BITS, MIN_BITS
 
 
 @dataclass

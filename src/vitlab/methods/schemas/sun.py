@@ -3,7 +3,7 @@
 (docs/engine.md, "Methods and their schemas").
 
 The choices of the patch loss (:mod:`vitlab.losses.sun`) and the SCA settings (:mod:`vitlab.data.sca`), parts of
-``sun``'s schema, are defined here too; those modules import them from here.
+``sun``'s schema, come from :mod:`vitlab.options`, which those modules share.
 """
 
 from __future__ import annotations
@@ -13,31 +13,10 @@ from typing import Literal
 
 from vitlab.config import MethodConfig, require
 from vitlab.methods.schemas.supervised import SupervisedConfig
+from vitlab.options import PatchReduction, PatchTarget, SCAConfig  # noqa: F401  (parts of the schema)
 
 # token_label_weight of the official configs, used only with use_config_weight (pitfall 1).
 CONFIG_PATCH_WEIGHTS = {"mini_imagenet": 0.5, "cifar_fs": 0.75, "tiered_imagenet": 0.75}
-
-PatchTarget = Literal["multi_hot", "teacher_prob_topk"]
-PatchReduction = Literal["mean", "sum"]
-
-
-@dataclass
-class SCAConfig:
-    """SCA settings; defaults are the full-scale ones of §2.4 (the small digits plan: scale [0.35, 1], hflip 0)."""
-
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
-    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.5  # 0 for digits and glyphs: a flip changes the class
-    rand_augment: str | None = "rand-m9-mstd0.5-inc1"  # applied to the weak (shared) view
-    rand_augment_prob: float = 0.2
-    strong_prob: float = 0.5  # probability that the student view gets the non-spatial ops
-    color_jitter: float = 0.4  # brightness, contrast and saturation strength
-    blur_prob: float = 0.5
-    blur_radius: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    solarize_prob: float = 0.5
-    grey_prob: float = 0.2
-    erasing: float = 0.25  # student only, always applied (timm RandomErasing, pixel mode)
-
 
 @dataclass
 class EpisodeEvalConfig:
