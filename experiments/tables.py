@@ -491,7 +491,7 @@ TABLES: dict[str, Table] = {
                                        "python benchmarks/bench_train_step.py --threads 2 --batch-size 8 --rounds 7 "
                                        "--out results/benchmarks/iformer_train_step_before.json"),
     "cli_startup": Table(("benchmarks/cli.json",), cli_startup,
-                         "python benchmarks/bench_cli.py --before dcef215 --runs 5 --threads 2 "
+                         "python benchmarks/bench_cli.py --before dcef215 --runs 3 --threads 2 "
                          "--out results/benchmarks/cli.json"),
 
 
