@@ -7,7 +7,7 @@ gives each command's median wall time at both, their ratio, the exit codes, and 
 
 The commands are those a user types to find their way or to get a recipe right, which should answer at once:
 ``--help``, ``train --help``, ``models``, three recipe errors (a missing file, a bad value, an unknown key) and an
-unknown key in a recipe's ``method`` section (checked against the method's schema, tests/test_method_schemas.py).
+unknown key in a recipe's ``method`` section (checked against the method's schema, tests/test_cli_startup.py).
 
     python benchmarks/bench_cli.py --before dcef215 --runs 5 --threads 2 --out results/benchmarks/cli.json
 """

@@ -82,7 +82,7 @@ def test_methods_load_on_first_use_through_the_entry_point_group(tmp_path: Path)
         import vitlab.plugins as plugins
         plugins.entry_points = lambda group: []
         from vitlab.config import ConfigError, load_config
-        cfg = load_config("recipes/mugs/vit_tiny_digits.yaml")  # the schema module only (tests/test_method_schemas.py)
+        cfg = load_config("recipes/mugs/vit_tiny_digits.yaml")  # the schema module only (tests/test_cli_startup.py)
         print(type(cfg.method).__name__, 'vitlab.methods.mugs' in sys.modules, 'torch' in sys.modules)
         print(plugins.load_method_plugins(), 'vitlab.methods.mugs' in sys.modules)
 

@@ -182,7 +182,7 @@ class RunConfig:
 _METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 
 #: the schema of each built-in method ("module:class"), in a torch-free module of ``vitlab.methods.schemas``: every name
-#: ``@register_method`` registers in ``vitlab.methods`` (tests/test_method_schemas.py holds the two equal)
+#: ``@register_method`` registers in ``vitlab.methods`` (tests/test_cli_startup.py holds the two equal)
 BUILTIN_METHOD_SCHEMAS: dict[str, str] = {
     "clusterq": "vitlab.methods.schemas.data_free:DataFreeQuantConfig",
     "gdfq": "vitlab.methods.schemas.data_free:DataFreeQuantConfig",
