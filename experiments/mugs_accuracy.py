@@ -290,6 +290,48 @@ def along_training_table(runs: dict[str, Any]) -> str:
     return "\n".join([*lines, "", "k-NN of each seed at the same epochs:", *seed_lines])
 
 
+def plot_along_training(runs: dict[str, Any], path: Path) -> None:
+    """k-NN on the novel classes against epochs: each seed thin, the seed mean thick, for Mugs and GDS-only, with the
+    random-init and raw-pixel levels as dashed lines; written atomically as a PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    for label, colour in (("mugs", "tab:blue"), ("gds_only", "tab:orange")):
+        histories = [runs[k]["along_training"] for k in sorted(runs, key=_seed_order)
+                     if k.startswith(label + "/") and "along_training" in runs[k]]
+        epochs = sorted({int(e) for h in histories for e in h})
+        for h in histories:
+            points = [(e, h[str(e)]["knn_top1"]) for e in epochs if str(e) in h]
+            ax.plot(*zip(*points), color=colour, alpha=0.35, linewidth=0.8)
+        means = [(e, statistics.fmean(h[str(e)]["knn_top1"] for h in histories))
+                 for e in epochs if all(str(e) in h for h in histories)]
+        if means:
+            ax.plot(*zip(*means), color=colour, linewidth=2.2, marker="o", markersize=3,
+                    label=f"{LABELS[label].split(' (')[0]} (mean of {len(histories)} seeds)")
+    for label, style in (("random_init", "grey"), ("raw_pixels", "black")):
+        values = [v["knn_top1"] for k, v in runs.items() if k.split("/")[0] == label]
+        if values:
+            name = "random-init backbone" if label == "random_init" else "raw pixels"
+            ax.axhline(statistics.fmean(values), color=style, linestyle="--", linewidth=1, label=name)
+    ax.set_xlabel("pretraining epoch")
+    ax.set_ylabel("k-NN top-1 on the novel classes (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.01, 0.92))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    from vitlab.engine.checkpoint import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(buffer.getvalue(), path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -308,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", nargs="*", metavar="MORE_JSON",
                         help="print the markdown table of --out and of these result files, merged (no training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                        help="with --table: also draw the k-NN along training of the merged runs into this PNG")
     args = parser.parse_args(argv)
     args.command = shlex.join(["python", "experiments/mugs_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     if args.table is not None:
@@ -317,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(markdown_table(summarize(runs)))
+        if args.plot is not None:
+            plot_along_training(runs, args.plot)
+            print(f"wrote {args.plot}")
         return 0
     print(json.dumps(run_accuracy(args)["summary"], indent=2))
     return 0

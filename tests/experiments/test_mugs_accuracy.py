@@ -108,3 +108,12 @@ def test_summaries_load_without_torch():
     out = subprocess.run([sys.executable, "-c", code, str(ROOT / "experiments" / "mugs_accuracy.py")],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_plot_along_training_writes_a_png(bench, tmp_path):
+    history = {"30": {"knn_top1": 40.0}, "60": {"knn_top1": 50.0}}
+    runs = {"mugs/seed0": {"along_training": history}, "gds_only/seed0": {"along_training": history},
+            "random_init/seed0": {"knn_top1": 30.0}, "raw_pixels": {"knn_top1": 80.0}}
+    path = tmp_path / "img" / "knn.png"
+    bench.plot_along_training(runs, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
