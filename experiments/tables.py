@@ -451,6 +451,45 @@ def mugs_glyphs_budget(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _experiment(name: str) -> Any:
+    """experiments/<name>.py as a module, loaded without running it (its summaries need neither torch nor vitlab)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MUGS300_FILES = tuple(f"mugs/glyphs300/{row}_s{seed}.json" for row in ("mugs", "gds_only") for seed in (0, 1, 2))
+MUGS300_WRITER = ("python experiments/mugs_accuracy.py --data glyphs --seeds 0 --methods mugs "
+                  "--out results/mugs/glyphs300/mugs_s0.json --runs-dir runs/mugs300 --set train.epochs=300 "
+                  "--set train.eval_every=30")
+
+
+def _mugs_runs(results: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    mugs = _experiment("mugs_accuracy")
+    return mugs, mugs.merge_loaded([(str(i), r) for i, r in enumerate(results)])
+
+
+def mugs_glyphs300(results: list[dict[str, Any]]) -> str:
+    """The Mugs glyphs plan at 300 epochs: Mugs, GDS-only, random init and raw pixels under the same k-NN (novel
+    classes) and linear probe, 3 seeds, then the gate lines of specs/mugs.md §6 (experiments/mugs_accuracy.py)."""
+    mugs, runs = _mugs_runs(results)
+    return str(mugs.markdown_table(mugs.summarize(runs)))
+
+
+def mugs_glyphs300_curve(results: list[dict[str, Any]]) -> str:
+    """The same runs along training: k-NN at every evaluation (each 30 epochs) and the probe at the last."""
+    mugs, runs = _mugs_runs(results)
+    minutes = {label: [runs[k]["train_s"] / 60 for k in runs if k.startswith(label + "/") and "train_s" in runs[k]]
+               for label in ("mugs", "gds_only")}
+    spans = "; ".join(f"{mugs.LABELS[label].split(' (')[0]} {min(m):.0f}–{max(m):.0f} min"
+                      for label, m in minutes.items() if m)
+    return str(mugs.along_training_table(runs)) + f"\n\nTraining time of one run, evaluations included: {spans}."
+
+
 @dataclass(frozen=True)
 class Table:
     files: tuple[str, ...]  # under results/
@@ -503,6 +542,8 @@ TABLES: dict[str, Table] = {
                                     "python experiments/bad_inputs.py"),
     "loader_speed": Table(("benchmarks/loader.json",), loader_speed,
                           "python benchmarks/bench_loader.py --threads 2 --out results/benchmarks/loader.json"),
+    "mugs_glyphs300": Table(MUGS300_FILES, mugs_glyphs300, MUGS300_WRITER),
+    "mugs_glyphs300_curve": Table(MUGS300_FILES, mugs_glyphs300_curve, MUGS300_WRITER),
     "mugs_glyphs_budget": Table(("benchmarks/mugs_glyphs_budget.json",), mugs_glyphs_budget,
                                 "python benchmarks/bench_mugs_budget.py --threads 1 --epochs 3 "
                                 "--out results/benchmarks/mugs_glyphs_budget.json"),
