@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -134,3 +135,18 @@ def _make_video_folder(root: Path, num_frames: int = 12, size: tuple[int, int] =
 def make_video_folder():
     """``make_video_folder(root, num_frames=12, size=(40, 48))``: a tiny Kinetics-style video folder (see above)."""
     return _make_video_folder
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("experiments/x.py")``: a script of this repository loaded as a module, without running its main."""
+    root = Path(__file__).resolve().parents[1]
+
+    def load(relpath: str):
+        path = root / relpath
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

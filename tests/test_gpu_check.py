@@ -1,7 +1,6 @@
 """benchmarks/gpu_check.sh end to end in its --dry-run mode (every check on the CPU at tiny sizes), and the table of
 benchmarks/bench_gpu_report.py."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,11 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def report():
-    spec = importlib.util.spec_from_file_location("bench_gpu_report", ROOT / "benchmarks" / "bench_gpu_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def report(load_script):
+    return load_script("benchmarks/bench_gpu_report.py")
 
 
 def _expected_first_cells(report) -> list[str]:

@@ -1,6 +1,5 @@
 """The pass criteria of specs/mugs.md §6 as ``experiments/mugs_accuracy.py`` computes them."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,11 +8,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("mugs_accuracy", ROOT / "experiments" / "mugs_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("experiments/mugs_accuracy.py")
 
 
 def _row(mean, std):
