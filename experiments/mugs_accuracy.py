@@ -362,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(markdown_table(summarize(runs)))
         if args.plot is not None:
-            plot_along_training(runs, args.plot)
+            try:
+                plot_along_training(runs, args.plot)
+            except OSError as err:
+                print(f"error: --plot {args.plot}: cannot write it ({err.strerror or err})", file=sys.stderr)
+                return 2
             print(f"wrote {args.plot}")
         return 0
     print(json.dumps(run_accuracy(args)["summary"], indent=2))

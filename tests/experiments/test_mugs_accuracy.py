@@ -113,3 +113,17 @@ def test_plot_along_training_writes_a_png(bench, tmp_path):
     path = tmp_path / "img" / "knn.png"
     bench.plot_along_training(runs, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_plot_to_an_unwritable_path_is_one_line_and_exit_2(bench, tmp_path, capsys):
+    import json
+
+    result = tmp_path / "a.json"
+    result.write_text(json.dumps({"runs": {"mugs/seed0": {"knn_top1": 60.0, "probe_top1": 80.0,
+                                                          "along_training": {"30": {"knn_top1": 60.0}}}}}))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert bench.main(["--out", str(result), "--table", "--plot", str(blocker / "knn.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --plot {blocker / 'knn.png'}: cannot write it") and err.count("\n") == 1
+    assert blocker.read_text() == "" and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "file"]
